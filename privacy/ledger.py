@@ -1,0 +1,161 @@
+"""One data owner's privacy ledger: every mechanism that touched its rows, composed with RDP.
+
+Both kinds of mechanism the project runs are (subsampled) Gaussian mechanisms:
+DP-SGD steps (noise multiplier sigma, Poisson rate q) and the one-shot Gaussian release of the
+encoder statistics (q = 1, one step). Rényi DP composes them exactly by adding their RDP curves;
+the sum is converted to (epsilon, delta) once. A release that thresholds noisy counts of an
+unknown category domain also fails with a small probability; that probability is added to delta
+(``extra_delta``), so epsilon is reported at ``delta - extra_delta``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+# Fractional orders near 1 matter only for large epsilon; integer orders keep recomputation exact.
+RDP_ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, *map(float, range(2, 257)))
+
+
+class BudgetExceededError(RuntimeError):
+    """The next mechanism would take an owner past its (epsilon, delta) budget."""
+
+
+@dataclass(frozen=True)
+class MechanismRecord:
+    """One (subsampled) Gaussian mechanism applied ``steps`` times."""
+
+    label: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    extra_delta: float = 0.0
+
+    def rdp(self, orders: tuple[float, ...] = RDP_ORDERS) -> np.ndarray:
+        return np.asarray(
+            compute_rdp(
+                q=self.sample_rate,
+                noise_multiplier=self.noise_multiplier,
+                steps=self.steps,
+                orders=list(orders),
+            ),
+            dtype=float,
+        )
+
+
+class PrivacyLedger:
+    """Composition of all mechanisms run on one owner's table, with a budget.
+
+    The ledger is the only source of the epsilon that fedsynth reports. It persists across
+    federated rounds and runs through :meth:`state_dict` / :meth:`from_state_dict`.
+    """
+
+    def __init__(self, *, epsilon_budget: float, delta: float, owner: str = "local") -> None:
+        if not epsilon_budget > 0:
+            raise ValueError(f"epsilon budget must be > 0, got {epsilon_budget}")
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.epsilon_budget = float(epsilon_budget)
+        self.delta = float(delta)
+        self.owner = owner
+        self.records: list[MechanismRecord] = []
+
+    # -- accounting --------------------------------------------------------------------------
+    @property
+    def extra_delta(self) -> float:
+        return sum(r.extra_delta for r in self.records)
+
+    def epsilon(self, records: list[MechanismRecord] | None = None) -> float:
+        """Epsilon at the ledger's delta for ``records`` (default: everything recorded)."""
+        records = self.records if records is None else records
+        if not records:
+            return 0.0
+        if any(r.noise_multiplier == 0 for r in records):
+            return math.inf
+        extra = sum(r.extra_delta for r in records)
+        if extra >= self.delta:
+            return math.inf
+        rdp = sum(r.rdp() for r in records)
+        eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=self.delta - extra)
+        return float(eps)
+
+    def epsilon_after(self, planned: list[MechanismRecord]) -> float:
+        """Epsilon if ``planned`` mechanisms ran next."""
+        return self.epsilon(self.records + list(planned))
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.epsilon_budget - self.epsilon())
+
+    def check(self, planned: list[MechanismRecord]) -> None:
+        """Refuse (raise) when running ``planned`` would pass the budget."""
+        after = self.epsilon_after(planned)
+        if after > self.epsilon_budget * (1 + 1e-9):
+            what = ", ".join(f"{r.label} ({r.steps} steps)" for r in planned)
+            raise BudgetExceededError(
+                f"privacy budget of {self.owner!r} would be exceeded: epsilon spent "
+                f"{self.epsilon():.4f}, after {what} it would be {after:.4f} > budget "
+                f"{self.epsilon_budget:.4f} (delta={self.delta:g}); refusing to run"
+            )
+
+    def record(self, record: MechanismRecord) -> None:
+        """Add a mechanism that has run; consecutive identical mechanisms merge their steps."""
+        last = self.records[-1] if self.records else None
+        if (
+            last is not None
+            and last.label == record.label
+            and last.noise_multiplier == record.noise_multiplier
+            and last.sample_rate == record.sample_rate
+            and record.extra_delta == 0.0
+            and last.extra_delta == 0.0
+        ):
+            self.records[-1] = MechanismRecord(
+                last.label, last.noise_multiplier, last.sample_rate, last.steps + record.steps
+            )
+        else:
+            self.records.append(record)
+
+    def optimizer_hook(self, *, sample_rate: float, label: str = "dp-sgd"):
+        """A hook for ``DPOptimizer.attach_step_hook``: each DP-SGD step is recorded here."""
+
+        def hook(optimizer) -> None:
+            self.record(MechanismRecord(label, float(optimizer.noise_multiplier), sample_rate, 1))
+
+        return hook
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "owner": self.owner,
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "records": [asdict(r) for r in self.records],
+            "epsilon": self.epsilon(),
+            "accountant": "rdp",
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> PrivacyLedger:
+        ledger = cls(
+            epsilon_budget=float(state["epsilon_budget"]),
+            delta=float(state["delta"]),
+            owner=str(state.get("owner", "local")),
+        )
+        ledger.records = [MechanismRecord(**r) for r in state["records"]]
+        return ledger
+
+    def epsilon_by_label(self) -> dict[str, float]:
+        """Epsilon of each mechanism label alone (the stated budget split)."""
+        labels = dict.fromkeys(r.label for r in self.records)
+        return {
+            label: self.epsilon([r for r in self.records if r.label == label]) for label in labels
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivacyLedger(owner={self.owner!r}, epsilon={self.epsilon():.4f}, "
+            f"budget={self.epsilon_budget}, delta={self.delta:g}, records={len(self.records)})"
+        )

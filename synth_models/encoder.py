@@ -1,0 +1,450 @@
+"""The shared table encoder, built only from public metadata and DP statistics.
+
+Categorical columns become one-hot spans. Numeric and datetime columns use a quantile transform
+whose CDF is the (noisy, post-processed) DP histogram: a value ``x`` maps to ``u = F(x)`` in
+[0, 1], represented CTGAN-style as a one-hot "mode" (which of ``n_modes`` equal-mass slices of the
+distribution ``u`` falls in) plus a scalar offset inside the slice in [-1, 1]. Multi-modal and
+spiky distributions keep their shape because ``F`` is learnt from the histogram, never from a
+mixture fitted on raw rows. Missing values get an explicit indicator span.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from privacy.statistics import (
+    CategoricalInput,
+    ColumnStatistics,
+    Grid,
+    NumericInput,
+    TableStatistics,
+)
+from synth_models.schema import (
+    CATEGORICAL,
+    DATETIME,
+    ColumnSpec,
+    DataError,
+    TableSchema,
+    datetime_seconds,
+    numeric_values,
+)
+
+logger = logging.getLogger(__name__)
+
+# Months from 1970 to 2050: the default, data-independent grid for undeclared datetimes.
+DATETIME_GRID = Grid(kind="uniform", low=0.0, high=2524608000.0, bins=960)
+SPURIOUS_BINS = 0.05  # expected number of pure-noise bins that survive denoising
+
+
+@dataclass(frozen=True)
+class Span:
+    """A slice of the encoded matrix and the activation the generator uses for it."""
+
+    start: int
+    width: int
+    activation: str  # "softmax" | "tanh"
+    column: str
+
+
+def grid_for(spec: ColumnSpec) -> Grid:
+    """The data-independent grid a numeric or datetime column is counted on."""
+    if spec.bounds is not None:
+        low, high = spec.bounds
+        if spec.decimals == 0 and high - low <= 2000:
+            return Grid(kind="uniform", low=low - 0.5, high=high + 0.5, bins=int(high - low) + 1)
+        return Grid(kind="uniform", low=low, high=high, bins=256)
+    return DATETIME_GRID if spec.kind == DATETIME else Grid()
+
+
+def statistics_inputs(
+    data: pd.DataFrame, schema: TableSchema, *, source: str | None = None
+) -> dict[str, CategoricalInput | NumericInput]:
+    """What each column contributes to the DP statistics release."""
+    inputs: dict[str, CategoricalInput | NumericInput] = {}
+    for spec in schema.columns:
+        values = data[spec.name]
+        if spec.kind == CATEGORICAL:
+            inputs[spec.name] = CategoricalInput(values.map(_plain), domain=_domain(spec))
+        else:
+            array = (
+                datetime_seconds(values, spec, source)
+                if spec.kind == DATETIME
+                else numeric_values(values, spec, source)
+            )
+            inputs[spec.name] = NumericInput(
+                array,
+                grid=grid_for(spec),
+                count_decimals=spec.kind != DATETIME and spec.decimals is None,
+            )
+    return inputs
+
+
+def _domain(spec: ColumnSpec) -> list | None:
+    return None if spec.categories is None else list(spec.categories)
+
+
+def _denoise(counts: np.ndarray, noise_var: float) -> np.ndarray:
+    """Post-processing: drop bins indistinguishable from noise, keep non-negative mass."""
+    cut = np.sqrt(noise_var) * norm.isf(SPURIOUS_BINS / max(len(counts), 1))
+    kept = np.where(counts > cut, counts, 0.0)
+    if kept.sum() <= 0 and len(counts):
+        kept = np.zeros_like(counts, dtype=float)
+        kept[int(np.argmax(counts))] = 1.0
+    return kept
+
+
+def _denoise_multiresolution(counts: np.ndarray, noise_var: float) -> np.ndarray:
+    """Post-processing for a numeric histogram: the finest resolution (merging neighbouring
+    bins in pairs, level by level) at which some bin stands out of the noise. Mass found only
+    at a coarse level is spread evenly over the fine bins it covers, so a small table gets a
+    coarse but sensible distribution instead of a lone noise spike."""
+    levels = max(1, int(np.ceil(np.log2(max(len(counts), 2)))) + 1)
+    level, width = np.asarray(counts, dtype=float), 1
+    while True:
+        cut = np.sqrt(noise_var * width) * norm.isf(SPURIOUS_BINS / (len(level) * levels))
+        kept = np.where(level > cut, level, 0.0)
+        if kept.sum() > 0 or len(level) == 1:
+            break
+        if len(level) % 2:
+            level = np.append(level, 0.0)
+        level, width = level[0::2] + level[1::2], width * 2
+    if kept.sum() <= 0:
+        kept = np.ones_like(kept)
+    return np.repeat(kept / width, width)[: len(counts)]
+
+
+def _has_missing(spec: ColumnSpec, stats: ColumnStatistics) -> bool:
+    if spec.nullable is not None:
+        return spec.nullable
+    return stats.missing > np.sqrt(stats.noise_var) * norm.isf(0.01)
+
+
+class CategoricalTransform:
+    def __init__(
+        self, spec: ColumnSpec, categories: list, frequencies: np.ndarray, has_missing: bool
+    ) -> None:
+        self.spec = spec
+        self.categories = categories
+        self.frequencies = frequencies  # DP, normalized, aligned with categories
+        self.has_missing = has_missing
+        self._index = {c: i for i, c in enumerate(categories)}
+        self._typed = _typed_array(categories)
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + int(self.has_missing)
+
+    @classmethod
+    def from_statistics(cls, spec: ColumnSpec, stats: ColumnStatistics) -> CategoricalTransform:
+        if spec.categories is not None:
+            categories = list(spec.categories)
+            counts = np.clip(stats.counts, 0.0, None)
+        else:
+            counts = _denoise(stats.counts, stats.noise_var)
+            keep = counts > 0
+            categories = [c for c, k in zip(stats.categories, keep, strict=True) if k]
+            counts = counts[keep]
+        if not categories:
+            raise DataError(
+                "no category passed the DP threshold: declare range_values in the "
+                "metadata or collect more rows",
+                column=spec.name,
+            )
+        frequencies = (
+            counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
+        )
+        return cls(spec, categories, frequencies, _has_missing(spec, stats))
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """Index of each value's slot; -1 for a category outside the domain."""
+        missing_code = len(self.categories) if self.has_missing else -1
+        mapped = values.map(lambda v: self._index.get(_plain(v), -1) if pd.notna(v) else -2)
+        codes = mapped.to_numpy(dtype=np.int64)
+        codes[codes == -2] = missing_code
+        return codes
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        codes = self.codes(values)
+        out = np.zeros((len(values), self.width), dtype=np.float32)
+        ok = codes >= 0
+        out[np.flatnonzero(ok), codes[ok]] = 1.0
+        return out
+
+    def decode(self, block: np.ndarray) -> pd.Series:
+        codes = block.argmax(axis=1)
+        missing = codes >= len(self.categories)
+        values = pd.Series(
+            self._typed[np.minimum(codes, len(self.categories) - 1)], name=self.spec.name
+        )
+        if missing.any():
+            values = values.astype({"b": "boolean", "i": "Int64"}.get(values.dtype.kind, object))
+            values[missing] = None
+        return values
+
+    def to_dict(self) -> dict:
+        return {
+            "categories": self.categories,
+            "frequencies": self.frequencies.tolist(),
+            "has_missing": self.has_missing,
+        }
+
+    @classmethod
+    def from_dict(cls, spec: ColumnSpec, d: dict) -> CategoricalTransform:
+        return cls(spec, list(d["categories"]), np.asarray(d["frequencies"]), d["has_missing"])
+
+
+class QuantileTransform:
+    """Numeric or datetime column: piecewise-linear DP CDF, quantile modes, offset."""
+
+    def __init__(
+        self,
+        spec: ColumnSpec,
+        lows: np.ndarray,
+        highs: np.ndarray,
+        masses: np.ndarray,
+        decimals: int,
+        n_modes: int,
+        has_missing: bool,
+    ) -> None:
+        self.spec = spec
+        self.lows, self.highs = lows, highs  # the bins holding mass, in increasing order
+        self.masses = masses  # normalized
+        self.cdf = np.concatenate([[0.0], np.cumsum(masses)])
+        self.cdf[-1] = 1.0
+        self.decimals = decimals
+        self.n_modes = n_modes
+        self.has_missing = has_missing
+
+    @property
+    def width(self) -> int:
+        return self.n_modes + 1 + 2 * int(self.has_missing)
+
+    @classmethod
+    def from_statistics(
+        cls, spec: ColumnSpec, stats: ColumnStatistics, n_modes: int
+    ) -> QuantileTransform:
+        masses = _denoise_multiresolution(stats.counts, stats.noise_var)
+        lows, highs = stats.grid.bin_bounds()
+        if spec.bounds is not None:
+            lows, highs = np.maximum(lows, spec.bounds[0]), np.minimum(highs, spec.bounds[1])
+        keep = masses > 0
+        decimals = spec.decimals
+        if decimals is None:
+            decimals = 0 if spec.kind == DATETIME else _dp_decimals(stats)
+        return cls(
+            spec,
+            lows[keep],
+            highs[keep],
+            masses[keep] / masses[keep].sum(),
+            decimals,
+            n_modes,
+            _has_missing(spec, stats),
+        )
+
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        """CDF: value -> u in [0, 1] (values in suppressed bins go to the nearest mass)."""
+        i = np.clip(np.searchsorted(self.highs, x, side="left"), 0, len(self.lows) - 1)
+        width = np.maximum(self.highs[i] - self.lows[i], 1e-12)
+        inside = np.clip((x - self.lows[i]) / width, 0.0, 1.0)
+        return self.cdf[i] + self.masses[i] * inside
+
+    def from_unit(self, u: np.ndarray) -> np.ndarray:
+        """Inverse CDF, linear inside each bin."""
+        u = np.clip(u, 0.0, 1.0)
+        i = np.clip(np.searchsorted(self.cdf, u, side="right") - 1, 0, len(self.lows) - 1)
+        inside = np.clip((u - self.cdf[i]) / np.maximum(self.masses[i], 1e-12), 0.0, 1.0)
+        return self.lows[i] + inside * (self.highs[i] - self.lows[i])
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        missing = np.isnan(x)
+        u = self.to_unit(np.where(missing, self.lows[0], x)) * self.n_modes
+        mode = np.clip(np.floor(u).astype(np.int64), 0, self.n_modes - 1)
+        out = np.zeros((len(x), self.width), dtype=np.float32)
+        out[np.arange(len(x)), mode] = 1.0
+        out[:, self.n_modes] = np.clip((u - mode) * 2.0 - 1.0, -1.0, 1.0)
+        if self.has_missing:
+            out[:, self.n_modes + 1] = ~missing
+            out[:, self.n_modes + 2] = missing
+        return out
+
+    def decode(self, block: np.ndarray) -> pd.Series:
+        mode = block[:, : self.n_modes].argmax(axis=1)
+        offset = (np.clip(block[:, self.n_modes], -1.0, 1.0) + 1.0) / 2.0
+        x = np.round(self.from_unit((mode + offset) / self.n_modes), self.decimals) + 0.0
+        missing = (
+            block[:, self.n_modes + 2] > block[:, self.n_modes + 1]
+            if self.has_missing
+            else np.zeros(len(x), dtype=bool)
+        )
+        return self._series(x, missing)
+
+    def _series(self, x: np.ndarray, missing: np.ndarray) -> pd.Series:
+        name = self.spec.name
+        if self.spec.kind == DATETIME:
+            stamps = pd.Series(pd.to_datetime(np.round(x).astype("int64"), unit="s"), name=name)
+            stamps[missing] = pd.NaT
+            if self.spec.datetime_format:
+                return stamps.dt.strftime(self.spec.datetime_format).where(~missing, None)
+            return stamps
+        if self.decimals == 0:
+            values = pd.array(np.round(x).astype("int64"), dtype="Int64")
+            if not missing.any():
+                return pd.Series(values.astype("int64"), name=name)
+            values[missing] = pd.NA
+            return pd.Series(values, name=name)
+        return pd.Series(np.where(missing, np.nan, x), name=name)
+
+    def to_dict(self) -> dict:
+        return {
+            "lows": self.lows.tolist(),
+            "highs": self.highs.tolist(),
+            "masses": self.masses.tolist(),
+            "decimals": self.decimals,
+            "n_modes": self.n_modes,
+            "has_missing": self.has_missing,
+        }
+
+    @classmethod
+    def from_dict(cls, spec: ColumnSpec, d: dict) -> QuantileTransform:
+        return cls(
+            spec,
+            np.asarray(d["lows"]),
+            np.asarray(d["highs"]),
+            np.asarray(d["masses"]),
+            int(d["decimals"]),
+            int(d["n_modes"]),
+            bool(d["has_missing"]),
+        )
+
+
+def _dp_decimals(stats: ColumnStatistics, coverage: float = 0.95) -> int:
+    counts = np.clip(stats.decimals, 0.0, None)
+    if counts.sum() <= 0:
+        return 2
+    share = np.cumsum(counts) / counts.sum()
+    return int(np.argmax(share >= coverage))
+
+
+class TableEncoder:
+    """Encodes a table into the model's matrix and decodes generated matrices back.
+
+    Built by :meth:`from_statistics` on the (merged) DP statistics; serializable to JSON."""
+
+    def __init__(
+        self, schema: TableSchema, transforms: dict[str, CategoricalTransform | QuantileTransform]
+    ) -> None:
+        self.schema = schema
+        self.transforms = transforms
+        self.spans: list[Span] = []
+        start = 0
+        for name, t in transforms.items():
+            if isinstance(t, CategoricalTransform):
+                self.spans.append(Span(start, t.width, "softmax", name))
+            else:
+                self.spans.append(Span(start, t.n_modes, "softmax", name))
+                self.spans.append(Span(start + t.n_modes, 1, "tanh", name))
+                if t.has_missing:
+                    self.spans.append(Span(start + t.n_modes + 1, 2, "softmax", name))
+            start += t.width
+        self.width = start
+
+    @classmethod
+    def from_statistics(
+        cls, schema: TableSchema, stats: TableStatistics, *, n_modes: int = 8
+    ) -> TableEncoder:
+        transforms: dict[str, CategoricalTransform | QuantileTransform] = {}
+        for spec in schema.columns:
+            column_stats = stats.columns[spec.name]
+            if spec.kind == CATEGORICAL:
+                transforms[spec.name] = CategoricalTransform.from_statistics(spec, column_stats)
+            else:
+                transforms[spec.name] = QuantileTransform.from_statistics(
+                    spec, column_stats, n_modes
+                )
+        return cls(schema, transforms)
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return [n for n, t in self.transforms.items() if isinstance(t, CategoricalTransform)]
+
+    def column_offset(self, name: str) -> int:
+        return next(s.start for s in self.spans if s.column == name)
+
+    def transform(self, data: pd.DataFrame, *, source: str | None = None) -> np.ndarray:
+        """Encode rows. Rows holding a category that the DP domain does not know (rare
+        categories suppressed by the threshold) are left out, since no slot can hold them."""
+        blocks, keep = [], np.ones(len(data), dtype=bool)
+        for name, t in self.transforms.items():
+            spec = self.schema[name]
+            values = data[name]
+            if isinstance(t, CategoricalTransform):
+                keep &= t.codes(values) >= 0
+                blocks.append(t.encode(values))
+            else:
+                array = (
+                    datetime_seconds(values, spec, source)
+                    if spec.kind == DATETIME
+                    else numeric_values(values, spec, source)
+                )
+                if not t.has_missing:
+                    keep &= ~np.isnan(array)
+                blocks.append(t.encode(array))
+        if not keep.all():
+            logger.info(
+                "%d of %d rows hold values outside the DP domain and are not used",
+                int((~keep).sum()),
+                len(data),
+            )
+        return np.concatenate(blocks, axis=1)[keep]
+
+    def inverse_transform(self, matrix: np.ndarray) -> pd.DataFrame:
+        columns, start = {}, 0
+        for name, t in self.transforms.items():
+            columns[name] = t.decode(matrix[:, start : start + t.width]).reset_index(drop=True)
+            start += t.width
+        return pd.DataFrame(columns)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema.to_dict(),
+            "transforms": {
+                name: {"type": type(t).__name__, **t.to_dict()}
+                for name, t in self.transforms.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TableEncoder:
+        schema = TableSchema.from_dict(d["schema"])
+        kinds = {
+            "CategoricalTransform": CategoricalTransform,
+            "QuantileTransform": QuantileTransform,
+        }
+        transforms = {}
+        for name, td in d["transforms"].items():
+            if td["type"] not in kinds:
+                raise DataError(f"unknown transform type {td['type']!r}", column=name)
+            transforms[name] = kinds[td["type"]].from_dict(schema[name], td)
+        return cls(schema, transforms)
+
+
+def _typed_array(categories: list) -> np.ndarray:
+    """Categories as a numpy array of their own type (bool, int or object)."""
+    if all(isinstance(c, bool) for c in categories):
+        return np.array(categories, dtype=bool)
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in categories):
+        return np.array(categories, dtype=np.int64)
+    return np.array(categories, dtype=object)
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -1,0 +1,258 @@
+"""``TabularSynthesizer``: fit a DP GAN or VAE on one table, sample, save, load.
+
+The same pieces serve a federation: :func:`release_encoder_statistics` is what a merchant runs
+in the schema round, :func:`build_model` what everyone builds from the shared encoder, and
+``train_local`` (``training.py``) each merchant's local round. A single owner is a federation of
+one: it releases statistics, builds the encoder from them and trains, all on one ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from privacy.calibration import calibrate_noise_multiplier, gaussian_noise_multiplier
+from privacy.ledger import PrivacyLedger
+from privacy.statistics import TableStatistics, release_statistics
+from synth_models.artifact import ArtifactError, load_artifact, save_artifact
+from synth_models.encoder import TableEncoder, statistics_inputs
+from synth_models.gan import GANModel
+from synth_models.schema import TableSchema, validate_table
+from synth_models.training import TrainingConfig, plan_steps, train_local
+from synth_models.vae import VAEModel
+
+logger = logging.getLogger(__name__)
+
+MODELS: dict[str, type[nn.Module]] = {"gan": GANModel, "vae": VAEModel}
+STATISTICS_LABEL = "encoder-statistics"
+THRESHOLD_DELTA_SHARE = 0.1  # share of delta for thresholded category discovery
+
+
+def default_delta(num_rows: int) -> float:
+    """A power of ten below 1 / (10 n): reveals at most the order of magnitude of n."""
+    return 10.0 ** -math.ceil(math.log10(10 * max(num_rows, 1)))
+
+
+def build_model(kind: str, encoder: TableEncoder, options: dict | None = None) -> nn.Module:
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
+    return MODELS[kind](encoder, **options)
+
+
+def release_encoder_statistics(
+    data: pd.DataFrame,
+    schema: TableSchema,
+    ledger: PrivacyLedger,
+    *,
+    epsilon: float,
+    rng: np.random.Generator,
+    source: str | None = None,
+) -> TableStatistics:
+    """Release this owner's DP column statistics costing ``epsilon`` alone; record it."""
+    threshold_delta = ledger.delta * THRESHOLD_DELTA_SHARE
+    noise = gaussian_noise_multiplier(epsilon=epsilon, delta=ledger.delta - threshold_delta)
+    inputs = statistics_inputs(data, schema, source=source)
+    stats, record = release_statistics(
+        inputs, noise_multiplier=noise, threshold_delta=threshold_delta, rng=rng,
+        label=STATISTICS_LABEL,
+    )
+    ledger.check([record])
+    ledger.record(record)
+    return stats
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class TabularSynthesizer:
+    """A differentially private tabular synthesizer (``model="gan"`` or ``"vae"``).
+
+    ``epsilon=math.inf`` trains the same model without DP (statistics are then exact counts
+    on the data-independent grids) for comparison."""
+
+    def __init__(
+        self,
+        metadata: dict | Any,
+        *,
+        model: str = "gan",
+        epsilon: float = 1.0,
+        delta: float | None = None,
+        statistics_share: float = 0.1,
+        training: TrainingConfig | None = None,
+        model_options: dict | None = None,
+        table_name: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+        if not 0 < statistics_share < 1:
+            raise ValueError("statistics_share must be in (0, 1)")
+        self.metadata = metadata if isinstance(metadata, dict) else metadata.to_dict()
+        self.model = model
+        self.epsilon = epsilon
+        self.delta = delta
+        self.statistics_share = statistics_share
+        self.training = training or TrainingConfig()
+        self.model_options = model_options or {}
+        self.table_name = table_name
+        self.seed = seed
+        # fitted state
+        self.encoder_: TableEncoder | None = None
+        self.model_: nn.Module | None = None
+        self.ledgers_: dict[str, PrivacyLedger] = {}
+        self.history_: list[dict] = []
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, data: pd.DataFrame, *, source: str | None = None,
+            on_epoch=None) -> TabularSynthesizer:
+        schema = TableSchema.from_metadata(self.metadata, self.table_name)
+        data = validate_table(data, schema, source=source)
+        private = not math.isinf(self.epsilon)
+        rng = np.random.default_rng(self.seed)
+        if private:
+            delta = self.delta if self.delta is not None else default_delta(len(data))
+            ledger = PrivacyLedger(epsilon_budget=self.epsilon, delta=delta, owner="local")
+            stats = release_encoder_statistics(
+                data, schema, ledger, epsilon=self.epsilon * self.statistics_share, rng=rng,
+                source=source,
+            )
+        else:
+            ledger = None
+            stats, _ = release_statistics(statistics_inputs(data, schema, source=source),
+                                          noise_multiplier=0.0, threshold_delta=0.0, rng=rng)
+        self.encoder_ = TableEncoder.from_statistics(schema, stats)
+        rows = self.encoder_.transform(data, source=source)
+        torch.manual_seed(int(rng.integers(2**31)))
+        self.model_ = build_model(self.model, self.encoder_, self.model_options)
+        noise = None
+        if private:
+            sample_rate, steps = plan_steps(len(rows), self.training)
+            noise = calibrate_noise_multiplier(ledger, target_epsilon=self.epsilon,
+                                               sample_rate=sample_rate, steps=steps)
+            logger.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps",
+                        noise, sample_rate, steps)
+        self.history_ = train_local(self.model_, rows, config=self.training,
+                                    noise_multiplier=noise, ledger=ledger,
+                                    seed=int(rng.integers(2**31)), on_epoch=on_epoch)
+        self.ledgers_ = {} if ledger is None else {"local": ledger}
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.encoder_ is None or self.model_ is None:
+            raise RuntimeError("this synthesizer is not fitted: call fit() or load()")
+
+    @property
+    def epsilon_spent(self) -> float:
+        """The synthesizer's epsilon: the maximum over data owners (their data is disjoint)."""
+        if not self.ledgers_:
+            return math.inf
+        return max(ledger.epsilon() for ledger in self.ledgers_.values())
+
+    # -- sampling --------------------------------------------------------------------------
+    def sample(self, num_rows: int, *, conditions: dict | None = None, seed: int | None = None,
+               batch_size: int = 50_000, max_tries: int = 100) -> pd.DataFrame:
+        """``num_rows`` synthetic rows with the original columns and dtypes.
+
+        ``conditions`` fixes categorical values, e.g. ``{"size": "L"}``: the GAN generates
+        under the first condition's vector, and rows not meeting all of them are rejected."""
+        self._check_fitted()
+        generator = torch.Generator().manual_seed(
+            int(seed) if seed is not None else int(torch.seed() % 2**62)
+        )
+        conditions = conditions or {}
+        cond_index = None
+        if conditions and isinstance(self.model_, GANModel):
+            column, value = next(iter(conditions.items()))
+            cond_index = self.model_.conditions.cond_index(self.encoder_, column, value)
+        for column in conditions:
+            if column not in self.encoder_.transforms:
+                raise ValueError(f"unknown column {column!r} in conditions")
+        frames, total = [], 0
+        for _ in range(max_tries if conditions else 10**9):
+            if total >= num_rows:
+                break
+            n = min(batch_size, max(num_rows - total, 1) * (2 if conditions else 1))
+            frame = self.encoder_.inverse_transform(
+                self.model_.generate(n, generator, cond_index).numpy()
+            )
+            for column, value in conditions.items():
+                frame = frame[frame[column] == value]
+            frames.append(frame)
+            total += len(frame)
+        if total < num_rows:
+            raise ValueError(f"could not generate {num_rows} rows meeting {conditions} "
+                             f"({total} after {max_tries} batches)")
+        return pd.concat(frames, ignore_index=True).iloc[:num_rows].reset_index(drop=True)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def manifest(self, **extra) -> dict:
+        self._check_fitted()
+        return {
+            "model": self.model,
+            "model_options": self.model_options,
+            "training": self.training.to_dict(),
+            "statistics_share": self.statistics_share,
+            "metadata": self.metadata,
+            "table_name": self.encoder_.schema.table_name,
+            "encoder": self.encoder_.to_dict(),
+            "privacy": {
+                "epsilon": self.epsilon_spent,
+                "delta": max((lg.delta for lg in self.ledgers_.values()), default=None),
+                "epsilon_budget": self.epsilon,
+                "ledgers": {owner: lg.state_dict() for owner, lg in self.ledgers_.items()},
+            },
+            "versions": {p: _version(p) for p in ("fedsynth", "torch", "opacus", "flwr")},
+            **extra,
+        }
+
+    def save(self, path: str | Path, **extra) -> Path:
+        self._check_fitted()
+        return save_artifact(path, manifest=self.manifest(**extra),
+                             weights=self.model_.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> TabularSynthesizer:
+        manifest, weights = load_artifact(path)
+        return cls.from_parts(manifest, weights, source=str(path))
+
+    @classmethod
+    def from_parts(cls, manifest: dict, weights: dict[str, torch.Tensor], *,
+                   source: str = "artifact") -> TabularSynthesizer:
+        try:
+            synth = cls(
+                manifest["metadata"], model=manifest["model"],
+                epsilon=manifest["privacy"]["epsilon_budget"],
+                statistics_share=manifest["statistics_share"],
+                training=TrainingConfig(**manifest["training"]),
+                model_options=manifest["model_options"], table_name=manifest["table_name"],
+            )
+            synth.encoder_ = TableEncoder.from_dict(manifest["encoder"])
+            synth.model_ = build_model(synth.model, synth.encoder_, synth.model_options)
+            synth.model_.load_state_dict(weights)
+            synth.ledgers_ = {
+                owner: PrivacyLedger.from_state_dict(state)
+                for owner, state in manifest["privacy"]["ledgers"].items()
+            }
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{source}: inconsistent artifact ({exc})") from exc
+        synth.model_.eval()
+        return synth
+
+    def get_params(self) -> dict:
+        return {"model": self.model, "epsilon": self.epsilon, "delta": self.delta,
+                "statistics_share": self.statistics_share, "training": asdict(self.training),
+                "model_options": self.model_options, "seed": self.seed}

@@ -1,0 +1,137 @@
+"""Local training: a few epochs of (DP-)SGD on one owner's encoded rows.
+
+Used the same way by the single-table synthesizer and by each federated merchant. The loop
+builds optimizers, lets :func:`make_training_parts` wrap them, and calls the step functions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from privacy.ledger import MechanismRecord, PrivacyLedger
+from synth_models.dp import make_training_parts, planned_sample_rate, row_loader
+from synth_models.gan import GANModel, discriminator_step, generator_step
+from synth_models.vae import ELBOLoss, VAEModel, vae_step
+
+logger = logging.getLogger(__name__)
+TRAINING_LABEL = "dp-sgd"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training settings (per round in a federation)."""
+
+    epochs: int = 10
+    batch_size: int = 500
+    max_grad_norm: float = 1.0
+    generator_lr: float = 2e-4
+    discriminator_lr: float = 2e-4
+    vae_lr: float = 1e-3
+    weight_decay: float = 1e-6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_steps(num_rows: int, config: TrainingConfig) -> tuple[float, int]:
+    """Poisson sample rate and number of DP-SGD steps for ``config.epochs`` epochs."""
+    sample_rate = planned_sample_rate(num_rows, config.batch_size)
+    # Opacus' Poisson sampler runs int(1 / q) batches an epoch (float rounding included).
+    return sample_rate, config.epochs * int(1 / sample_rate)
+
+
+def planned_record(num_rows: int, config: TrainingConfig, noise_multiplier: float
+                   ) -> MechanismRecord:
+    sample_rate, steps = plan_steps(num_rows, config)
+    return MechanismRecord(TRAINING_LABEL, noise_multiplier, sample_rate, steps)
+
+
+EpochCallback = Callable[[int, dict], None]
+
+
+def train_local(
+    model: GANModel | VAEModel,
+    rows: np.ndarray,
+    *,
+    config: TrainingConfig,
+    noise_multiplier: float | None,
+    ledger: PrivacyLedger | None,
+    seed: int | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict]:
+    """Train ``model`` in place; DP-SGD when ``noise_multiplier`` is given (checked against and
+    recorded in ``ledger``), plain SGD otherwise. Returns per-epoch mean losses."""
+    if len(rows) == 0:
+        raise ValueError("no rows to train on")
+    generator = torch.Generator().manual_seed(
+        int(seed) if seed is not None else int(torch.seed() % 2**62)
+    )
+    if noise_multiplier is not None:
+        ledger.check([planned_record(len(rows), config, noise_multiplier)])
+    data = torch.as_tensor(rows, dtype=torch.float32)
+    loader = row_loader(data, batch_size=config.batch_size, generator=generator)
+    noise_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,),
+                                                                      generator=generator)))
+    if isinstance(model, GANModel):
+        train = _gan_epochs(model, loader, config, noise_multiplier, ledger, noise_generator,
+                            generator)
+    else:
+        train = _vae_epochs(model, loader, config, noise_multiplier, ledger, noise_generator)
+    history = []
+    for epoch, losses in enumerate(train):
+        summary = {"epoch": epoch, **losses}
+        if ledger is not None:
+            summary["epsilon"] = ledger.epsilon()
+        history.append(summary)
+        if on_epoch is not None:
+            on_epoch(epoch, summary)
+        logger.debug("epoch %d %s", epoch, summary)
+    return history
+
+
+def _gan_epochs(model, loader, config, noise_multiplier, ledger, noise_generator, generator):
+    model.train()
+    d_optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=config.discriminator_lr,
+                                   betas=(0.5, 0.9), weight_decay=config.weight_decay)
+    g_optimizer = torch.optim.Adam(model.generator.parameters(), lr=config.generator_lr,
+                                   betas=(0.5, 0.9), weight_decay=config.weight_decay)
+    parts = make_training_parts(
+        module=model.discriminator, optimizer=d_optimizer,
+        criterion=torch.nn.BCEWithLogitsLoss(), loader=loader,
+        noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm, ledger=ledger,
+        label=TRAINING_LABEL, noise_generator=noise_generator,
+    )
+    batch = min(config.batch_size, len(loader.dataset))
+    try:
+        for _ in range(config.epochs):
+            d_losses, g_losses = [], []
+            for real in parts.batches():
+                d_losses.append(discriminator_step(model, parts, real, num_fake=batch,
+                                                   generator=generator))
+                g_losses.append(generator_step(model, parts, g_optimizer, batch_size=batch,
+                                               generator=generator))
+            yield {"discriminator_loss": float(np.mean(d_losses)),
+                   "generator_loss": float(np.mean(g_losses))}
+    finally:
+        parts.close()
+
+
+def _vae_epochs(model, loader, config, noise_multiplier, ledger, noise_generator):
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.vae_lr,
+                                 weight_decay=config.weight_decay)
+    parts = make_training_parts(
+        module=model, optimizer=optimizer, criterion=ELBOLoss(model.spans), loader=loader,
+        noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm, ledger=ledger,
+        label=TRAINING_LABEL, noise_generator=noise_generator,
+    )
+    try:
+        for _ in range(config.epochs):
+            losses = [vae_step(parts, real) for real in parts.batches()]
+            yield {"loss": float(np.mean(losses))}
+    finally:
+        parts.close()
