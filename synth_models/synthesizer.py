@@ -63,7 +63,10 @@ def release_encoder_statistics(
     noise = gaussian_noise_multiplier(epsilon=epsilon, delta=ledger.delta - threshold_delta)
     inputs = statistics_inputs(data, schema, source=source)
     stats, record = release_statistics(
-        inputs, noise_multiplier=noise, threshold_delta=threshold_delta, rng=rng,
+        inputs,
+        noise_multiplier=noise,
+        threshold_delta=threshold_delta,
+        rng=rng,
         label=STATISTICS_LABEL,
     )
     ledger.check([record])
@@ -117,8 +120,9 @@ class TabularSynthesizer:
         self.history_: list[dict] = []
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, data: pd.DataFrame, *, source: str | None = None,
-            on_epoch=None) -> TabularSynthesizer:
+    def fit(
+        self, data: pd.DataFrame, *, source: str | None = None, on_epoch=None
+    ) -> TabularSynthesizer:
         schema = TableSchema.from_metadata(self.metadata, self.table_name)
         data = validate_table(data, schema, source=source)
         private = not math.isinf(self.epsilon)
@@ -127,13 +131,21 @@ class TabularSynthesizer:
             delta = self.delta if self.delta is not None else default_delta(len(data))
             ledger = PrivacyLedger(epsilon_budget=self.epsilon, delta=delta, owner="local")
             stats = release_encoder_statistics(
-                data, schema, ledger, epsilon=self.epsilon * self.statistics_share, rng=rng,
+                data,
+                schema,
+                ledger,
+                epsilon=self.epsilon * self.statistics_share,
+                rng=rng,
                 source=source,
             )
         else:
             ledger = None
-            stats, _ = release_statistics(statistics_inputs(data, schema, source=source),
-                                          noise_multiplier=0.0, threshold_delta=0.0, rng=rng)
+            stats, _ = release_statistics(
+                statistics_inputs(data, schema, source=source),
+                noise_multiplier=0.0,
+                threshold_delta=0.0,
+                rng=rng,
+            )
         self.encoder_ = TableEncoder.from_statistics(schema, stats)
         rows = self.encoder_.transform(data, source=source)
         torch.manual_seed(int(rng.integers(2**31)))
@@ -141,13 +153,24 @@ class TabularSynthesizer:
         noise = None
         if private:
             sample_rate, steps = plan_steps(len(rows), self.training)
-            noise = calibrate_noise_multiplier(ledger, target_epsilon=self.epsilon,
-                                               sample_rate=sample_rate, steps=steps)
-            logger.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps",
-                        noise, sample_rate, steps)
-        self.history_ = train_local(self.model_, rows, config=self.training,
-                                    noise_multiplier=noise, ledger=ledger,
-                                    seed=int(rng.integers(2**31)), on_epoch=on_epoch)
+            noise = calibrate_noise_multiplier(
+                ledger, target_epsilon=self.epsilon, sample_rate=sample_rate, steps=steps
+            )
+            logger.info(
+                "DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps",
+                noise,
+                sample_rate,
+                steps,
+            )
+        self.history_ = train_local(
+            self.model_,
+            rows,
+            config=self.training,
+            noise_multiplier=noise,
+            ledger=ledger,
+            seed=int(rng.integers(2**31)),
+            on_epoch=on_epoch,
+        )
         self.ledgers_ = {} if ledger is None else {"local": ledger}
         return self
 
@@ -163,8 +186,15 @@ class TabularSynthesizer:
         return max(ledger.epsilon() for ledger in self.ledgers_.values())
 
     # -- sampling --------------------------------------------------------------------------
-    def sample(self, num_rows: int, *, conditions: dict | None = None, seed: int | None = None,
-               batch_size: int = 50_000, max_tries: int = 100) -> pd.DataFrame:
+    def sample(
+        self,
+        num_rows: int,
+        *,
+        conditions: dict | None = None,
+        seed: int | None = None,
+        batch_size: int = 50_000,
+        max_tries: int = 100,
+    ) -> pd.DataFrame:
         """``num_rows`` synthetic rows with the original columns and dtypes.
 
         ``conditions`` fixes categorical values, e.g. ``{"size": "L"}``: the GAN generates
@@ -194,8 +224,10 @@ class TabularSynthesizer:
             frames.append(frame)
             total += len(frame)
         if total < num_rows:
-            raise ValueError(f"could not generate {num_rows} rows meeting {conditions} "
-                             f"({total} after {max_tries} batches)")
+            raise ValueError(
+                f"could not generate {num_rows} rows meeting {conditions} "
+                f"({total} after {max_tries} batches)"
+            )
         return pd.concat(frames, ignore_index=True).iloc[:num_rows].reset_index(drop=True)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -221,8 +253,9 @@ class TabularSynthesizer:
 
     def save(self, path: str | Path, **extra) -> Path:
         self._check_fitted()
-        return save_artifact(path, manifest=self.manifest(**extra),
-                             weights=self.model_.state_dict())
+        return save_artifact(
+            path, manifest=self.manifest(**extra), weights=self.model_.state_dict()
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> TabularSynthesizer:
@@ -230,15 +263,18 @@ class TabularSynthesizer:
         return cls.from_parts(manifest, weights, source=str(path))
 
     @classmethod
-    def from_parts(cls, manifest: dict, weights: dict[str, torch.Tensor], *,
-                   source: str = "artifact") -> TabularSynthesizer:
+    def from_parts(
+        cls, manifest: dict, weights: dict[str, torch.Tensor], *, source: str = "artifact"
+    ) -> TabularSynthesizer:
         try:
             synth = cls(
-                manifest["metadata"], model=manifest["model"],
+                manifest["metadata"],
+                model=manifest["model"],
                 epsilon=manifest["privacy"]["epsilon_budget"],
                 statistics_share=manifest["statistics_share"],
                 training=TrainingConfig(**manifest["training"]),
-                model_options=manifest["model_options"], table_name=manifest["table_name"],
+                model_options=manifest["model_options"],
+                table_name=manifest["table_name"],
             )
             synth.encoder_ = TableEncoder.from_dict(manifest["encoder"])
             synth.model_ = build_model(synth.model, synth.encoder_, synth.model_options)
@@ -252,7 +288,36 @@ class TabularSynthesizer:
         synth.model_.eval()
         return synth
 
+    @classmethod
+    def from_fitted(
+        cls,
+        metadata: dict,
+        *,
+        model: str,
+        encoder: TableEncoder,
+        weights: dict[str, torch.Tensor],
+        ledgers: dict[str, PrivacyLedger],
+        epsilon: float,
+        **params,
+    ) -> TabularSynthesizer:
+        """A fitted synthesizer from parts trained elsewhere (e.g. by a federation)."""
+        synth = cls(
+            metadata, model=model, epsilon=epsilon, table_name=encoder.schema.table_name, **params
+        )
+        synth.encoder_ = encoder
+        synth.model_ = build_model(model, encoder, synth.model_options)
+        synth.model_.load_state_dict(weights)
+        synth.model_.eval()
+        synth.ledgers_ = dict(ledgers)
+        return synth
+
     def get_params(self) -> dict:
-        return {"model": self.model, "epsilon": self.epsilon, "delta": self.delta,
-                "statistics_share": self.statistics_share, "training": asdict(self.training),
-                "model_options": self.model_options, "seed": self.seed}
+        return {
+            "model": self.model,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "statistics_share": self.statistics_share,
+            "training": asdict(self.training),
+            "model_options": self.model_options,
+            "seed": self.seed,
+        }

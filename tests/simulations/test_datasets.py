@@ -27,14 +27,52 @@ OJ_COLUMNS = [
     "PctDiscMM", "PctDiscCH", "ListPriceDiff", "STORE",
 ]  # fmt: skip
 
+# The pizza shop's menu (names, types, sizes) is published by the shop, so it is public.
+MENU = [
+    "bbq_ckn",
+    "big_meat",
+    "brie_carre",
+    "calabrese",
+    "cali_ckn",
+    "ckn_alfredo",
+    "ckn_pesto",
+    "classic_dlx",
+    "five_cheese",
+    "four_cheese",
+    "green_garden",
+    "hawaiian",
+    "ital_cpcllo",
+    "ital_supr",
+    "ital_veggie",
+    "mediterraneo",
+    "mexicana",
+    "napolitana",
+    "pep_msh_pep",
+    "pepperoni",
+    "peppr_salami",
+    "prsc_argla",
+    "sicilian",
+    "soppressata",
+    "southw_ckn",
+    "spicy_ital",
+    "spin_pesto",
+    "spinach_fet",
+    "spinach_supr",
+    "thai_ckn",
+    "the_greek",
+    "veggie_veg",
+]
+
 # Exactly what the shipped metadata may declare: public facts only. A declaration here is used
-# as is, without DP; adding a data-dependent one (price range, pizza names) would leak.
+# as is, without DP; adding a data-dependent one (a price range, quantiles) would leak.
 PUBLIC_DECLARATIONS = {
     "pizzaplace": {
         "month": {"range_values": list(range(1, 13))},
         "weekday": {"range_values": list(WEEKDAYS)},
         "hour": {"range_min": 0, "range_max": 23, "decimal_places": 0},
+        "name": {"range_values": MENU},
         "size": {"range_values": ["S", "M", "L", "XL", "XXL"]},
+        "type": {"range_values": ["chicken", "classic", "supreme", "veggie"]},
         "items": {"decimal_places": 0},
     },
     "oj": {

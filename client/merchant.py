@@ -1,0 +1,165 @@
+"""What a merchant does in each kind of round, as plain functions (no Flower types).
+
+The Flower handlers in ``app.py`` only unpack messages, call these and pack the replies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from client.state import MerchantState
+from privacy.calibration import calibrate_noise_multiplier
+from privacy.ledger import PrivacyLedger
+from privacy.statistics import TableStatistics, release_statistics
+from synth_models.encoder import TableEncoder, statistics_inputs
+from synth_models.io import read_table
+from synth_models.schema import DataError, TableSchema, validate_table
+from synth_models.synthesizer import build_model, release_encoder_statistics
+from synth_models.training import TrainingConfig, plan_steps, planned_record, train_local
+
+logger = logging.getLogger(__name__)
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def find_table(directory: str | Path, merchant_index: int) -> Path:
+    """``merchant-<i>.<csv|csv.gz|parquet|pq>`` in a simulation's partition folder."""
+    directory = Path(directory)
+    for suffix in TABLE_SUFFIXES:
+        candidate = directory / f"merchant-{merchant_index}{suffix}"
+        if candidate.exists():
+            return candidate
+    raise DataError(
+        f"no table for merchant {merchant_index} in {directory} "
+        f"(looked for merchant-{merchant_index}{{{','.join(TABLE_SUFFIXES)}}})",
+        source=str(directory),
+    )
+
+
+def load_merchant_table(path: str | Path, schema: TableSchema) -> pd.DataFrame:
+    """Read and validate a merchant's table; errors name the file, column and problem."""
+    return validate_table(read_table(path), schema, source=str(path))
+
+
+def statistics_round(
+    table: pd.DataFrame,
+    *,
+    schema: TableSchema,
+    state: MerchantState,
+    epsilon: float,
+    delta: float,
+    statistics_share: float,
+    seed: int,
+    source: str,
+) -> TableStatistics:
+    """Release this merchant's DP column statistics and DP row count (recorded in its ledger)."""
+    rng = np.random.default_rng(seed)
+    if math.isinf(epsilon):
+        stats, _ = release_statistics(
+            statistics_inputs(table, schema, source=source),
+            noise_multiplier=0.0,
+            threshold_delta=0.0,
+            rng=rng,
+        )
+    else:
+        if state.ledger is None:
+            state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
+        stats = release_encoder_statistics(
+            table,
+            schema,
+            state.ledger,
+            epsilon=epsilon * statistics_share,
+            rng=rng,
+            source=source,
+        )
+    state.dp_rows = max(float(stats.row_count), 1.0)
+    return stats
+
+
+def train_round(
+    table: pd.DataFrame,
+    *,
+    encoder: TableEncoder,
+    weights: dict[str, torch.Tensor],
+    model: str,
+    model_options: dict,
+    training: TrainingConfig,
+    state: MerchantState,
+    epsilon: float,
+    delta: float,
+    server_round: int,
+    num_rounds: int,
+    seed: int,
+    source: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One local round of DP-SGD from the global weights; returns new weights and metrics.
+
+    The noise multiplier is calibrated the first time for every round still planned, so the
+    whole federation fits the budget; a round that would pass it raises BudgetExceededError
+    before any step."""
+    started = time.perf_counter()
+    network = build_model(model, encoder, model_options)
+    network.load_state_dict(weights)
+    rows = encoder.transform(table, source=source)
+    if len(rows) == 0:
+        raise DataError("no row fits the shared encoder", source=source)
+    private = not math.isinf(epsilon)
+    if private:
+        if state.dp_rows is None:
+            # Its aggregation weight would have to be the exact row count: never sent.
+            raise RuntimeError(
+                f"{state.merchant} has no DP row count (it missed the schema "
+                "round); it can join the next run"
+            )
+        if state.ledger is None:
+            state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
+        if state.noise_multiplier is None:
+            sample_rate, steps = plan_steps(len(rows), training)
+            remaining = max(num_rounds - server_round + 1, 1)
+            state.noise_multiplier = calibrate_noise_multiplier(
+                state.ledger,
+                target_epsilon=state.ledger.epsilon_budget,
+                sample_rate=sample_rate,
+                steps=steps * remaining,
+            )
+            state.plan = {
+                "rounds": remaining,
+                "steps_per_round": steps,
+                "sample_rate": sample_rate,
+                "from_round": server_round,
+            }
+            logger.info(
+                "%s: noise multiplier %.3f for %d rounds of %d steps",
+                state.merchant,
+                state.noise_multiplier,
+                remaining,
+                steps,
+            )
+        state.ledger.check([planned_record(len(rows), training, state.noise_multiplier)])
+    history = train_local(
+        network,
+        rows,
+        config=training,
+        noise_multiplier=state.noise_multiplier if private else None,
+        ledger=state.ledger,
+        seed=seed,
+    )
+    last = history[-1]
+    sample_rate, steps = plan_steps(len(rows), training)
+    metrics = {
+        "num-examples": float(state.dp_rows if private else len(rows)),
+        "epsilon": state.epsilon if private else math.inf,
+        "delta": state.ledger.delta if private else 0.0,
+        "steps": float(steps),
+        "noise-multiplier": float(state.noise_multiplier or 0.0),
+        "sample-rate": float(sample_rate),
+        "seconds": time.perf_counter() - started,
+        **{k.replace("_", "-"): float(v) for k, v in last.items() if k.endswith("loss")},
+    }
+    return network.state_dict(), metrics

@@ -1,0 +1,96 @@
+"""A merchant's persistent privacy state: its ledger and its training plan.
+
+Kept in the node's ``context.state`` (survives the rounds of one run) and, when the merchant
+has a state file, on disk (survives runs and restarts). The disk copy is written atomically
+after every change, and a state is never replaced by one that has spent less: losing a file
+write can make the budget look *more* spent, never less.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import ConfigRecord, RecordDict
+
+from privacy.ledger import PrivacyLedger
+
+logger = logging.getLogger(__name__)
+STATE_RECORD = "fedsynth-merchant"
+
+
+@dataclass
+class MerchantState:
+    merchant: str
+    ledger: PrivacyLedger | None = None
+    dp_rows: float | None = None  # DP row count from the statistics round
+    noise_multiplier: float | None = None  # calibrated once for all planned rounds
+    plan: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "merchant": self.merchant,
+            "ledger": None if self.ledger is None else self.ledger.state_dict(),
+            "dp_rows": self.dp_rows,
+            "noise_multiplier": self.noise_multiplier,
+            "plan": self.plan,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MerchantState:
+        return cls(
+            merchant=d["merchant"],
+            ledger=None if d["ledger"] is None else PrivacyLedger.from_state_dict(d["ledger"]),
+            dp_rows=d.get("dp_rows"),
+            noise_multiplier=d.get("noise_multiplier"),
+            plan=d.get("plan", {}),
+        )
+
+    @property
+    def epsilon(self) -> float:
+        return 0.0 if self.ledger is None else self.ledger.epsilon()
+
+
+def _steps(state: MerchantState) -> int:
+    return 0 if state.ledger is None else sum(r.steps for r in state.ledger.records)
+
+
+def load_state(merchant: str, *, node_state: RecordDict | None, path: Path | None) -> MerchantState:
+    """The most-spent of the node-state copy and the disk copy (a fresh state if neither)."""
+    candidates = []
+    record = node_state.config_records.get(STATE_RECORD) if node_state is not None else None
+    if record is not None:
+        candidates.append(MerchantState.from_dict(json.loads(str(record["json"]))))
+    if path is not None and path.exists():
+        try:
+            candidates.append(MerchantState.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError) as exc:
+            raise RuntimeError(
+                f"merchant {merchant!r}: privacy state file {path} is unreadable ({exc}); "
+                "refusing to train without knowing what was already spent"
+            ) from exc
+    if not candidates:
+        return MerchantState(merchant=merchant)
+    return max(candidates, key=lambda s: (s.epsilon, _steps(s)))
+
+
+def save_state(state: MerchantState, *, node_state: RecordDict | None, path: Path | None) -> None:
+    text = json.dumps(state.to_dict())
+    if node_state is not None:
+        node_state.config_records[STATE_RECORD] = ConfigRecord({"json": text})
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,0 +1,191 @@
+"""The federation's Flower ServerApp.
+
+1. Schema round: merchants release DP statistics; their sum builds the shared encoder.
+2. Training rounds (FedAvg weighted by DP row counts, ``MerchantFedAvg``): merchants train
+   locally with DP-SGD and return weights and their ledgers.
+3. After every round the global synthesizer (weights, encoder, every merchant's ledger, the
+   round) is written atomically to ``<run-dir>/synthesizer``; ``resume = true`` continues from
+   it, skipping the schema round and keeping the ledgers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from privacy.ledger import PrivacyLedger
+from server.config import FederationConfig
+from server.schema_round import schema_round
+from server.strategy import MerchantFedAvg
+from synth_models.artifact import load_artifact
+from synth_models.federation import DOCUMENT_KEY, dumps
+from synth_models.io import load_metadata
+from synth_models.schema import TableSchema
+from synth_models.synthesizer import TabularSynthesizer, build_model
+
+logger = logging.getLogger(__name__)
+ARTIFACT = "synthesizer"
+
+
+def _synthesizer(
+    config: FederationConfig, metadata: dict, encoder, weights, ledgers: dict[str, dict]
+) -> TabularSynthesizer:
+    return TabularSynthesizer.from_fitted(
+        metadata,
+        model=config.model,
+        encoder=encoder,
+        weights=weights,
+        ledgers={m: PrivacyLedger.from_state_dict(s) for m, s in ledgers.items()},
+        epsilon=config.epsilon,
+        statistics_share=config.statistics_share,
+        training=config.training(),
+        model_options=config.model_options,
+    )
+
+
+def _append_jsonl(path: Path, entry: dict) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(entry, default=str) + "\n")
+
+
+def run_federation(grid: Grid, config: FederationConfig) -> Path:
+    """Run (or resume) a whole federation; returns the artifact path."""
+    run_dir = (
+        config.resolve(config.run_dir)
+        if not Path(config.run_dir).is_absolute()
+        else Path(config.run_dir)
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifact = run_dir / ARTIFACT
+    metadata = load_metadata(config.resolve(config.metadata_path))
+    schema = TableSchema.from_metadata(metadata, config.table_name or None)
+    ledgers: dict[str, dict] = {}
+    done = 0
+    if config.resume and artifact.exists():
+        manifest, weights = load_artifact(artifact)
+        synth = TabularSynthesizer.from_parts(manifest, weights, source=str(artifact))
+        encoder = synth.encoder_
+        ledgers = {m: lg.state_dict() for m, lg in synth.ledgers_.items()}
+        done = int(manifest["federation"]["rounds_completed"])
+        logger.info("resuming from %s after round %d", artifact, done)
+    else:
+        encoder, merged, outcome = schema_round(
+            grid,
+            schema=schema,
+            document={
+                "epsilon": config.epsilon,
+                "delta": config.delta,
+                "statistics_share": config.statistics_share,
+                "seed": config.seed,
+            },
+            min_replies=config.min_train_replies,
+            min_nodes=config.min_nodes,
+            timeout=config.round_timeout,
+            ledgers=ledgers,
+        )
+        _append_jsonl(
+            run_dir / "rounds.jsonl",
+            {"round": 0, "merchants": outcome, "dp_rows": merged.row_count},
+        )
+        torch.manual_seed(config.seed)
+        weights = build_model(config.model, encoder, config.model_options).state_dict()
+
+    strategy = MerchantFedAvg(
+        round_offset=done,
+        min_train_replies=config.min_train_replies,
+        ledgers=ledgers,
+        min_available_nodes=config.min_nodes,
+        min_train_nodes=config.min_nodes,
+    )
+    train_config = ConfigRecord(
+        {
+            DOCUMENT_KEY: dumps(
+                {
+                    "schema": schema.to_dict(),
+                    "encoder": encoder.to_dict(),
+                    "model": config.model,
+                    "model_options": config.model_options,
+                    "training": config.training().to_dict(),
+                    "num_rounds": config.num_rounds,
+                    "seed": config.seed,
+                    "epsilon": config.epsilon,
+                    "delta": config.delta,
+                }
+            )
+        }
+    )
+    started = time.perf_counter()
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        number = server_round + done
+        synth = _synthesizer(
+            config, metadata, encoder, arrays.to_torch_state_dict(), strategy.ledgers
+        )
+        synth.save(
+            artifact,
+            federation={
+                "rounds_completed": number,
+                "num_rounds": config.num_rounds,
+                "config": config.to_dict(),
+            },
+        )
+        entry = strategy.round_log[-1] if strategy.round_log else {"round": number}
+        entry = {
+            **entry,
+            "epsilon": synth.epsilon_spent if synth.ledgers_ else None,
+            "seconds": time.perf_counter() - started,
+        }
+        _append_jsonl(run_dir / "rounds.jsonl", entry)
+        logger.info(
+            "round %d/%d done: epsilon per merchant %s; checkpoint %s",
+            number,
+            config.num_rounds,
+            {m: round(lg.epsilon(), 4) for m, lg in synth.ledgers_.items()},
+            artifact,
+        )
+        return None
+
+    remaining = config.num_rounds - done
+    if remaining > 0:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(weights),
+            num_rounds=remaining,
+            timeout=config.round_timeout,
+            train_config=train_config,
+            evaluate_fn=checkpoint,
+        )
+    elif not artifact.exists():
+        _synthesizer(config, metadata, encoder, weights, ledgers).save(
+            artifact,
+            federation={
+                "rounds_completed": done,
+                "num_rounds": config.num_rounds,
+                "config": config.to_dict(),
+            },
+        )
+    return artifact
+
+
+def make_server_app(overrides: dict | None = None) -> ServerApp:
+    """A ServerApp whose settings are the run config with ``overrides`` on top (simulations
+    started with ``run_simulation`` have an empty run config)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
+        run_federation(grid, config)
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,80 @@
+"""Run settings of a federation: ``[tool.flwr.app.config]`` keys (kebab-case) as a dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synth_models.training import TrainingConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    model: str = "gan"
+    num_rounds: int = 5
+    local_epochs: int = 2
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    statistics_share: float = 0.1
+    batch_size: int = 500
+    max_grad_norm: float = 1.0
+    generator_lr: float = 2e-4
+    discriminator_lr: float = 2e-4
+    vae_lr: float = 1e-3
+    model_options: dict = field(default_factory=dict)
+    min_nodes: int = 1  # merchants to wait for before the schema round
+    min_train_replies: int = 1  # a round with fewer successful merchants keeps the old model
+    round_timeout: float = 3600.0
+    seed: int = 0
+    metadata_path: str = "simulations/data/pizzaplace.metadata.json"
+    table_name: str = ""
+    run_dir: str = "runs/flwr"
+    resume: bool = False
+    sample_rows: int = 0  # synthetic rows written at the end (0: none)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> FederationConfig:
+        """Known kebab-case keys override the defaults; unknown keys are an error."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name in ("data_dir", "state_dir"):  # client-side settings
+                continue
+            if name not in fields:
+                raise ValueError(f"unknown run config key {key!r}")
+            if name == "model_options" and isinstance(value, str):
+                value = json.loads(value) if value else {}
+            elif name == "epsilon" and isinstance(value, str):
+                value = math.inf if value.lower() in ("inf", "infinity") else float(value)
+            values[name] = value
+        return cls(**values)
+
+    @property
+    def private(self) -> bool:
+        return not math.isinf(self.epsilon)
+
+    def training(self) -> TrainingConfig:
+        return TrainingConfig(
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            max_grad_norm=self.max_grad_norm,
+            generator_lr=self.generator_lr,
+            discriminator_lr=self.discriminator_lr,
+            vae_lr=self.vae_lr,
+        )
+
+    def resolve(self, path: str) -> Path:
+        """Relative paths are taken from the working directory, else from the project."""
+        candidate = Path(path)
+        if candidate.is_absolute() or candidate.exists():
+            return candidate
+        return PROJECT_ROOT / candidate
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

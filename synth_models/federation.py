@@ -1,0 +1,53 @@
+"""What the server and merchants exchange, by name (no Flower import: plain data).
+
+Replies may carry only: model weights (an ArrayRecord named ``ARRAYS``), scalar metrics (a
+MetricRecord named ``METRICS`` with keys from ``REPLY_METRICS``), and JSON documents in
+ConfigRecords named in ``REPLY_DOCUMENTS`` (DP statistics, the ledger, a status line). The
+client's reply guard enforces this list before anything leaves a merchant.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ARRAYS = "arrays"
+METRICS = "metrics"
+CONFIG = "config"
+STATISTICS = "statistics"
+LEDGER = "ledger"
+STATUS = "status"
+DOCUMENT_KEY = "json"
+
+STATISTICS_MESSAGE = "query.statistics"
+REPLY_DOCUMENTS = (STATISTICS, LEDGER, STATUS)
+REPLY_METRICS = (
+    "num-examples",  # the merchant's DP row count (aggregation weight), never the exact count
+    "epsilon",
+    "delta",
+    "steps",
+    "noise-multiplier",
+    "sample-rate",
+    "discriminator-loss",
+    "generator-loss",
+    "loss",
+    "seconds",
+)
+
+OK, REFUSED, FAILED = "ok", "refused", "failed"
+
+
+def dumps(document: Any) -> str:
+    return json.dumps(document, separators=(",", ":"), default=_plain)
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
