@@ -43,7 +43,9 @@ class Grid:
         if self.kind == "uniform":
             return np.linspace(self.low, self.high, self.bins + 1)
         decades = math.log10(self.high / self.low)
-        positive = self.low * 10 ** (np.arange(round(decades * self.per_decade) + 1) / self.per_decade)
+        positive = self.low * 10 ** (
+            np.arange(round(decades * self.per_decade) + 1) / self.per_decade
+        )
         return np.concatenate([-positive[::-1], positive])
 
     def bin_index(self, values: np.ndarray) -> np.ndarray:
@@ -184,7 +186,9 @@ def merge_statistics(parts: list[TableStatistics]) -> TableStatistics:
             categories=categories,
             public_domain=first.public_domain,
             grid=first.grid,
-            decimals=None if first.decimals is None else np.sum([c.decimals for c in group], axis=0),
+            decimals=None
+            if first.decimals is None
+            else np.sum([c.decimals for c in group], axis=0),
         )
     return TableStatistics(
         columns=columns,
@@ -230,9 +234,7 @@ def release_statistics(
         raise ValueError("noise_multiplier must be >= 0 (0: exact, non-private statistics)")
     noise_std = noise_multiplier * math.sqrt(num_histograms(columns))
     var = noise_std**2
-    num_sparse = sum(
-        isinstance(s, CategoricalInput) and s.domain is None for s in columns.values()
-    )
+    num_sparse = sum(isinstance(s, CategoricalInput) and s.domain is None for s in columns.values())
     threshold = (
         sparse_threshold(noise_std, delta=threshold_delta, num_sparse=max(num_sparse, 1))
         if noise_std > 0

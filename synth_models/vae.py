@@ -8,6 +8,7 @@ to a constant 1, which is the same free parameter in a layer Opacus supports.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -22,7 +23,7 @@ LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(0.01), 0.0
 
 def _mlp(dims: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:], strict=True):
+    for a, b in itertools.pairwise(dims):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers)
 
