@@ -12,6 +12,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -64,10 +65,15 @@ def _seed(*parts) -> int:
 
 
 def make_client_app(
-    *, data_dir: str | None = None, state_dir: str | None = None, mods: list | None = None
+    *,
+    data_dir: str | None = None,
+    state_dir: str | None = None,
+    torch_threads: int | None = None,
+    mods: list | None = None,
 ) -> ClientApp:
     """A ClientApp; ``data_dir``/``state_dir`` are defaults for simulations, where the run
-    config is empty (``run_simulation``)."""
+    config is empty (``run_simulation``); ``torch_threads`` caps each merchant's threads when
+    several share one machine."""
     app = ClientApp(mods=[*(mods or []), reply_guard])
 
     def table_path(context: Context) -> Path:
@@ -89,6 +95,8 @@ def make_client_app(
 
     def handle(msg: Message, context: Context, work) -> Message:
         """Run ``work``; turn known failures into a status reply the server can report."""
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         merchant = merchant_name(context)
         path = state_path(context, merchant)
         state = None

@@ -144,13 +144,12 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             "seconds": time.perf_counter() - started,
         }
         _append_jsonl(run_dir / "rounds.jsonl", entry)
-        logger.info(
-            "round %d/%d done: epsilon per merchant %s; checkpoint %s",
-            number,
-            config.num_rounds,
-            {m: round(lg.epsilon(), 4) for m, lg in synth.ledgers_.items()},
-            artifact,
-        )
+        logger.info("round %d/%d done; checkpoint %s", number, config.num_rounds, artifact)
+        for merchant, result in sorted(entry.get("merchants", {}).items()):
+            details = ", ".join(
+                f"{k} {v:.4g}" for k, v in result.items() if k == "epsilon" or k.endswith("loss")
+            )
+            logger.info("  %s: %s %s", merchant, result["state"], details or result.get("reason"))
         return None
 
     remaining = config.num_rounds - done
