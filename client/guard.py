@@ -46,6 +46,9 @@ def reply_problems(content: RecordDict) -> list[str]:
                 problems.append(f"config record {name!r} is not allowed")
             elif set(record.keys()) != {DOCUMENT_KEY}:
                 problems.append(f"config record {name!r} holds {sorted(record.keys())}")
+            elif not isinstance(record[DOCUMENT_KEY], str):
+                # str() of a list of numbers would parse as JSON: only a string is a document
+                problems.append(f"config record {name!r} is not a JSON document (not a string)")
             else:
                 try:
                     json.loads(str(record[DOCUMENT_KEY]))

@@ -120,7 +120,7 @@ def train_round(
         if state.ledger is None:
             state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
         if state.noise_multiplier is None:
-            sample_rate, steps = plan_steps(len(rows), training)
+            sample_rate, steps = plan_steps(state.dp_rows, training)
             remaining = max(num_rounds - server_round + 1, 1)
             state.noise_multiplier = calibrate_noise_multiplier(
                 state.ledger,
@@ -141,7 +141,8 @@ def train_round(
                 remaining,
                 steps,
             )
-        state.ledger.check([planned_record(len(rows), training, state.noise_multiplier)])
+        state.ledger.check([planned_record(state.dp_rows, training, state.noise_multiplier)])
+    public_rows = state.dp_rows if private else len(rows)
     history = train_local(
         network,
         rows,
@@ -149,9 +150,17 @@ def train_round(
         noise_multiplier=state.noise_multiplier if private else None,
         ledger=state.ledger,
         seed=seed,
+        public_rows=public_rows,
     )
     last = history[-1]
-    sample_rate, steps = plan_steps(len(rows), training)
+    logger.info(
+        "%s round %d: %s (%.1f s)",
+        state.merchant,
+        server_round,
+        last,
+        time.perf_counter() - started,
+    )
+    sample_rate, steps = plan_steps(public_rows, training)
     metrics = {
         "num-examples": float(state.dp_rows if private else len(rows)),
         "epsilon": state.epsilon if private else math.inf,
@@ -159,7 +168,7 @@ def train_round(
         "steps": float(steps),
         "noise-multiplier": float(state.noise_multiplier or 0.0),
         "sample-rate": float(sample_rate),
-        "seconds": time.perf_counter() - started,
-        **{k.replace("_", "-"): float(v) for k, v in last.items() if k.endswith("loss")},
+        # Only losses on generated rows leave: a loss on real rows is a non-DP statistic.
+        **({"generator-loss": float(last["generator_loss"])} if "generator_loss" in last else {}),
     }
     return network.state_dict(), metrics

@@ -152,7 +152,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             logger.info("  %s: %s %s", merchant, result["state"], details or result.get("reason"))
         return None
 
-    remaining = config.num_rounds - done
+    last = min(config.num_rounds, config.stop_after_round or config.num_rounds)
+    remaining = last - done
     if remaining > 0:
         strategy.start(
             grid=grid,
@@ -171,6 +172,9 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
                 "config": config.to_dict(),
             },
         )
+    if config.sample_rows:
+        synthetic = TabularSynthesizer.load(artifact).sample(config.sample_rows, seed=config.seed)
+        synthetic.to_csv(run_dir / "synthetic.csv", index=False)
     return artifact
 
 

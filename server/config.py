@@ -16,7 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class FederationConfig:
     model: str = "gan"
-    num_rounds: int = 5
+    num_rounds: int = 10
     local_epochs: int = 2
     epsilon: float = 1.0
     delta: float = 1e-5
@@ -35,7 +35,8 @@ class FederationConfig:
     table_name: str = ""
     run_dir: str = "runs/flwr"
     resume: bool = False
-    sample_rows: int = 0  # synthetic rows written at the end (0: none)
+    stop_after_round: int = 0  # end this run after that round (0: run all); resume continues
+    sample_rows: int = 0  # synthetic rows written to <run-dir>/synthetic.csv at the end
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> FederationConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -95,36 +96,50 @@ def make_training_parts(
     ledger: PrivacyLedger | None,
     label: str = "dp-sgd",
     noise_generator: torch.Generator | None = None,
+    sample_rate: float | None = None,
+    expected_batch_size: float | None = None,
 ) -> TrainingParts:
     """DP-wrap (``noise_multiplier`` not None) or pass through.
 
-    Under DP every optimizer step is recorded in ``ledger`` through an Opacus step hook, so the
-    ledger counts exactly the steps that ran, with the noise that was used."""
+    Under DP, batches are Poisson samples of ``loader.dataset`` at ``sample_rate``, and the
+    noisy gradient sum is divided by ``expected_batch_size``. Both should come from public or
+    DP quantities (a DP row count): Opacus' defaults derive them from the exact number of rows,
+    which then shows in the weights and the ledger. Every optimizer step is recorded in
+    ``ledger`` through an Opacus step hook, with the noise and sample rate that were used."""
     if noise_multiplier is None:
         return TrainingParts(module, optimizer, criterion, loader, 1 / len(loader), False)
     if ledger is None:
         raise ValueError("DP training needs a privacy ledger")
+    dataset = loader.dataset
+    if sample_rate is None:
+        sample_rate = 1 / len(loader)
+    if expected_batch_size is None:
+        expected_batch_size = len(dataset) * sample_rate
+    poisson = DPDataLoader(
+        dataset, sample_rate=sample_rate, generator=loader.generator, collate_fn=loader.collate_fn
+    )
     engine = PrivacyEngine(accountant="rdp")
     dp_module, dp_optimizer, dp_criterion, dp_loader = engine.make_private(
         module=module,
         optimizer=optimizer,
         criterion=criterion,
-        data_loader=loader,
+        data_loader=poisson,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # ``poisson`` already samples; keep our sample rate
         grad_sample_mode="ghost",
         noise_generator=noise_generator,
     )
-    sample_rate = dp_loader.sample_rate
+    dp_module.forbid_grad_accumulation()
+    dp_optimizer.expected_batch_size = max(expected_batch_size, 1e-12)
     dp_optimizer.attach_step_hook(ledger.optimizer_hook(sample_rate=sample_rate, label=label))
     return TrainingParts(dp_module, dp_optimizer, dp_criterion, dp_loader, sample_rate, True)
 
 
-def planned_sample_rate(num_rows: int, batch_size: int) -> float:
-    """The Poisson rate Opacus derives from a loader of ``num_rows`` and ``batch_size``."""
-    batches = -(-num_rows // min(batch_size, num_rows))
-    return 1 / batches
+def planned_sample_rate(num_rows: float, batch_size: int) -> float:
+    """Poisson rate for an expected batch of ``batch_size`` from ``num_rows`` rows (use a DP
+    row count under DP)."""
+    return min(1.0, batch_size / max(num_rows, 1.0))
 
 
 @contextlib.contextmanager

@@ -28,10 +28,7 @@ REPLY_METRICS = (
     "steps",
     "noise-multiplier",
     "sample-rate",
-    "discriminator-loss",
-    "generator-loss",
-    "loss",
-    "seconds",
+    "generator-loss",  # computed on generated rows only (losses on real rows stay local)
 )
 
 OK, REFUSED, FAILED = "ok", "refused", "failed"

@@ -151,8 +151,9 @@ class TabularSynthesizer:
         torch.manual_seed(int(rng.integers(2**31)))
         self.model_ = build_model(self.model, self.encoder_, self.model_options)
         noise = None
+        public_rows = stats.row_count if private else len(rows)
         if private:
-            sample_rate, steps = plan_steps(len(rows), self.training)
+            sample_rate, steps = plan_steps(public_rows, self.training)
             noise = calibrate_noise_multiplier(
                 ledger, target_epsilon=self.epsilon, sample_rate=sample_rate, steps=steps
             )
@@ -170,6 +171,7 @@ class TabularSynthesizer:
             ledger=ledger,
             seed=int(rng.integers(2**31)),
             on_epoch=on_epoch,
+            public_rows=public_rows,
         )
         self.ledgers_ = {} if ledger is None else {"local": ledger}
         return self

@@ -37,15 +37,17 @@ class TrainingConfig:
         return asdict(self)
 
 
-def plan_steps(num_rows: int, config: TrainingConfig) -> tuple[float, int]:
-    """Poisson sample rate and number of DP-SGD steps for ``config.epochs`` epochs."""
+def plan_steps(num_rows: float, config: TrainingConfig) -> tuple[float, int]:
+    """Poisson sample rate and number of DP-SGD steps for ``config.epochs`` epochs of
+    ``num_rows`` rows (under DP: the DP row count, so that neither reveals the exact one)."""
     sample_rate = planned_sample_rate(num_rows, config.batch_size)
     # Opacus' Poisson sampler runs int(1 / q) batches an epoch (float rounding included).
     return sample_rate, config.epochs * int(1 / sample_rate)
 
 
-def planned_record(num_rows: int, config: TrainingConfig, noise_multiplier: float
-                   ) -> MechanismRecord:
+def planned_record(
+    num_rows: float, config: TrainingConfig, noise_multiplier: float
+) -> MechanismRecord:
     sample_rate, steps = plan_steps(num_rows, config)
     return MechanismRecord(TRAINING_LABEL, noise_multiplier, sample_rate, steps)
 
@@ -62,25 +64,38 @@ def train_local(
     ledger: PrivacyLedger | None,
     seed: int | None = None,
     on_epoch: EpochCallback | None = None,
+    public_rows: float | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; DP-SGD when ``noise_multiplier`` is given (checked against and
-    recorded in ``ledger``), plain SGD otherwise. Returns per-epoch mean losses."""
+    recorded in ``ledger``), plain SGD otherwise. Returns per-epoch mean losses.
+
+    ``public_rows`` (a DP row count) sets the Poisson sample rate and the gradient averaging
+    under DP; without it the exact number of rows is used, as Opacus does."""
     if len(rows) == 0:
         raise ValueError("no rows to train on")
     generator = torch.Generator().manual_seed(
         int(seed) if seed is not None else int(torch.seed() % 2**62)
     )
+    planning_rows = float(public_rows) if public_rows is not None else float(len(rows))
+    sample_rate, _ = plan_steps(planning_rows, config)
     if noise_multiplier is not None:
-        ledger.check([planned_record(len(rows), config, noise_multiplier)])
+        ledger.check([planned_record(planning_rows, config, noise_multiplier)])
     data = torch.as_tensor(rows, dtype=torch.float32)
     loader = row_loader(data, batch_size=config.batch_size, generator=generator)
-    noise_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,),
-                                                                      generator=generator)))
+    noise_generator = torch.Generator().manual_seed(
+        int(torch.randint(2**62, (1,), generator=generator))
+    )
+    dp = {
+        "noise_multiplier": noise_multiplier,
+        "ledger": ledger,
+        "noise_generator": noise_generator,
+        "sample_rate": sample_rate,
+        "expected_batch_size": sample_rate * planning_rows,
+    }
     if isinstance(model, GANModel):
-        train = _gan_epochs(model, loader, config, noise_multiplier, ledger, noise_generator,
-                            generator)
+        train = _gan_epochs(model, loader, config, dp, generator)
     else:
-        train = _vae_epochs(model, loader, config, noise_multiplier, ledger, noise_generator)
+        train = _vae_epochs(model, loader, config, dp)
     history = []
     for epoch, losses in enumerate(train):
         summary = {"epoch": epoch, **losses}
@@ -93,45 +108,70 @@ def train_local(
     return history
 
 
-def _gan_epochs(model, loader, config, noise_multiplier, ledger, noise_generator, generator):
+def _gan_epochs(model, loader, config, dp, generator):
     model.train()
-    d_optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=config.discriminator_lr,
-                                   betas=(0.5, 0.9), weight_decay=config.weight_decay)
-    g_optimizer = torch.optim.Adam(model.generator.parameters(), lr=config.generator_lr,
-                                   betas=(0.5, 0.9), weight_decay=config.weight_decay)
-    parts = make_training_parts(
-        module=model.discriminator, optimizer=d_optimizer,
-        criterion=torch.nn.BCEWithLogitsLoss(), loader=loader,
-        noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm, ledger=ledger,
-        label=TRAINING_LABEL, noise_generator=noise_generator,
+    d_optimizer = torch.optim.Adam(
+        model.discriminator.parameters(),
+        lr=config.discriminator_lr,
+        betas=(0.5, 0.9),
+        weight_decay=config.weight_decay,
     )
-    batch = min(config.batch_size, len(loader.dataset))
+    g_optimizer = torch.optim.Adam(
+        model.generator.parameters(),
+        lr=config.generator_lr,
+        betas=(0.5, 0.9),
+        weight_decay=config.weight_decay,
+    )
+    parts = make_training_parts(
+        module=model.discriminator,
+        optimizer=d_optimizer,
+        criterion=torch.nn.BCEWithLogitsLoss(),
+        loader=loader,
+        max_grad_norm=config.max_grad_norm,
+        label=TRAINING_LABEL,
+        **dp,
+    )
+    # Fake rows per step: the public expected batch size (at least 2, for batch norm).
+    batch = max(2, round(dp["expected_batch_size"]))
     try:
         for _ in range(config.epochs):
             d_losses, g_losses = [], []
             for real in parts.batches():
-                d_losses.append(discriminator_step(model, parts, real, num_fake=batch,
-                                                   generator=generator))
-                g_losses.append(generator_step(model, parts, g_optimizer, batch_size=batch,
-                                               generator=generator))
-            yield {"discriminator_loss": float(np.mean(d_losses)),
-                   "generator_loss": float(np.mean(g_losses))}
+                d_losses.append(
+                    discriminator_step(model, parts, real, num_fake=batch, generator=generator)
+                )
+                g_losses.append(
+                    generator_step(model, parts, g_optimizer, batch_size=batch, generator=generator)
+                )
+            yield {"discriminator_loss": _mean(d_losses), "generator_loss": _mean(g_losses)}
     finally:
         parts.close()
 
 
-def _vae_epochs(model, loader, config, noise_multiplier, ledger, noise_generator):
+def _vae_epochs(model, loader, config, dp):
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.vae_lr,
-                                 weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.vae_lr, weight_decay=config.weight_decay
+    )
     parts = make_training_parts(
-        module=model, optimizer=optimizer, criterion=ELBOLoss(model.spans), loader=loader,
-        noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm, ledger=ledger,
-        label=TRAINING_LABEL, noise_generator=noise_generator,
+        module=model,
+        optimizer=optimizer,
+        criterion=ELBOLoss(model.spans),
+        loader=loader,
+        max_grad_norm=config.max_grad_norm,
+        label=TRAINING_LABEL,
+        **dp,
     )
     try:
         for _ in range(config.epochs):
             losses = [vae_step(parts, real) for real in parts.batches()]
-            yield {"loss": float(np.mean(losses))}
+            yield {"loss": _mean(losses)}
     finally:
         parts.close()
+
+
+def _mean(losses: list[float]) -> float:
+    """Mean loss of an epoch. An empty Poisson batch still takes its (noise-only) DP step but
+    has no loss (the mean over no rows is NaN), so it is left out of the average."""
+    finite = [x for x in losses if not np.isnan(x)]
+    return float(np.mean(finite)) if finite else float("nan")
