@@ -27,8 +27,9 @@ class ArtifactError(ValueError):
     """An artifact that is missing, corrupt, tampered with, or of an unknown format."""
 
 
-def save_artifact(path: str | os.PathLike, *, manifest: dict,
-                  weights: dict[str, torch.Tensor]) -> Path:
+def save_artifact(
+    path: str | os.PathLike, *, manifest: dict, weights: dict[str, torch.Tensor]
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 # Months from 1970 to 2050: the default, data-independent grid for undeclared datetimes.
 DATETIME_GRID = Grid(kind="uniform", low=0.0, high=2524608000.0, bins=960)
 SPURIOUS_BINS = 0.05  # expected number of pure-noise bins that survive denoising
+# Distance (times n_modes) of an encoded u from its bin's ends: above the float32 resolution
+# of the decoded u, about 6e-8 / n_modes.
+UNIT_MARGIN = 1e-7
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,8 @@ def _denoise_multiresolution(counts: np.ndarray, noise_var: float) -> np.ndarray
 
 def _has_missing(spec: ColumnSpec, stats: ColumnStatistics) -> bool:
     if spec.nullable is not None:
-        return spec.nullable
-    return stats.missing > np.sqrt(stats.noise_var) * norm.isf(0.01)
+        return bool(spec.nullable)
+    return bool(stats.missing > np.sqrt(stats.noise_var) * norm.isf(0.01))
 
 
 class CategoricalTransform:
@@ -250,7 +253,11 @@ class QuantileTransform:
         """CDF: value -> u in [0, 1] (values in suppressed bins go to the nearest mass)."""
         i = np.clip(np.searchsorted(self.highs, x, side="left"), 0, len(self.lows) - 1)
         width = np.maximum(self.highs[i] - self.lows[i], 1e-12)
-        inside = np.clip((x - self.lows[i]) / width, 0.0, 1.0)
+        # Keep u off the ends of its bin by more than the float32 resolution of the encoded
+        # offset: past empty (dropped) bins the inverse CDF jumps, and a value on a bin's lower
+        # edge (1, 10, 100 on the log grid) would otherwise decode as the previous bin's top.
+        margin = np.minimum(0.5, UNIT_MARGIN / self.n_modes / np.maximum(self.masses[i], 1e-12))
+        inside = np.clip((x - self.lows[i]) / width, margin, 1.0 - margin)
         return self.cdf[i] + self.masses[i] * inside
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
@@ -289,6 +296,9 @@ class QuantileTransform:
             stamps = pd.Series(pd.to_datetime(np.round(x).astype("int64"), unit="s"), name=name)
             stamps[missing] = pd.NaT
             if self.spec.datetime_format:
+                unit = _format_resolution(self.spec.datetime_format)
+                if unit is not None:
+                    stamps = stamps.dt.round(unit)
                 return stamps.dt.strftime(self.spec.datetime_format).where(~missing, None)
             return stamps
         if self.decimals == 0:
@@ -320,6 +330,20 @@ class QuantileTransform:
             int(d["n_modes"]),
             bool(d["has_missing"]),
         )
+
+
+def _format_resolution(fmt: str) -> str | None:
+    """The finest unit a datetime format shows (None: seconds or finer). Decoded stamps are
+    rounded to it before formatting: the float32 offset is only precise to a few seconds in a
+    wide, light bin, and ``strftime`` truncates, so a date at midnight would otherwise come back
+    as the day before."""
+    if any(d in fmt for d in ("%S", "%s", "%T", "%X", "%c", "%f")):
+        return None
+    if "%M" in fmt or "%R" in fmt:
+        return "min"
+    if any(d in fmt for d in ("%H", "%I", "%k", "%l", "%p")):
+        return "h"
+    return "D"
 
 
 def _dp_decimals(stats: ColumnStatistics, coverage: float = 0.95) -> int:

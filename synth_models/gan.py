@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from synth_models.dp import TrainingParts, frozen
 from synth_models.encoder import CategoricalTransform, Span, TableEncoder
+from synth_models.outputs import activate
 
 
 class Residual(nn.Module):
@@ -31,8 +32,9 @@ class Residual(nn.Module):
 class Generator(nn.Module):
     """Noise and a condition to raw outputs (logits for one-hot spans, pre-tanh scalars)."""
 
-    def __init__(self, *, noise_dim: int, cond_dim: int, data_dim: int,
-                 hidden: tuple[int, ...] = (256, 256)) -> None:
+    def __init__(
+        self, *, noise_dim: int, cond_dim: int, data_dim: int, hidden: tuple[int, ...] = (256, 256)
+    ) -> None:
         super().__init__()
         layers, dim = [], noise_dim + cond_dim
         for width in hidden:
@@ -48,8 +50,9 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Row and condition to one logit. Linear layers only: Opacus ghost clipping supports them."""
 
-    def __init__(self, *, input_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, *, input_dim: int, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.5
+    ) -> None:
         super().__init__()
         layers, dim = [], input_dim
         for width in hidden:
@@ -60,21 +63,6 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
-
-
-def activate(raw: torch.Tensor, spans: list[Span], *, tau: float | None = 0.2) -> torch.Tensor:
-    """Generator outputs to encoded rows: tanh scalars, Gumbel-softmax (training) or softmax
-    (``tau=None``) one-hot spans."""
-    parts = []
-    for span in spans:
-        block = raw[:, span.start : span.start + span.width]
-        if span.activation == "tanh":
-            parts.append(torch.tanh(block))
-        elif tau is None:
-            parts.append(torch.softmax(block, dim=1))
-        else:
-            parts.append(F.gumbel_softmax(block, tau=tau))
-    return torch.cat(parts, dim=1)
 
 
 class ConditionSampler:
@@ -104,8 +92,12 @@ class ConditionSampler:
         for j, (_, offset, probs) in enumerate(self.columns):
             rows = torch.nonzero(which == j).squeeze(1)
             if len(rows):
-                picks = torch.multinomial(torch.as_tensor(probs, dtype=torch.float), len(rows),
-                                          replacement=True, generator=generator)
+                picks = torch.multinomial(
+                    torch.as_tensor(probs, dtype=torch.float),
+                    len(rows),
+                    replacement=True,
+                    generator=generator,
+                )
                 index[rows] = offset + picks
         cond[torch.arange(n), index] = 1.0
         return cond, index
@@ -139,21 +131,35 @@ class ConditionSampler:
 class GANModel(nn.Module):
     """Generator + discriminator with the encoder's layout; one module so FedAvg sees both."""
 
-    def __init__(self, encoder: TableEncoder, *, noise_dim: int = 128,
-                 generator_hidden: tuple[int, ...] = (256, 256),
-                 discriminator_hidden: tuple[int, ...] = (256, 256), dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        encoder: TableEncoder,
+        *,
+        noise_dim: int = 128,
+        generator_hidden: tuple[int, ...] = (256, 256),
+        discriminator_hidden: tuple[int, ...] = (256, 256),
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         self.spans = encoder.spans
         self.conditions = ConditionSampler(encoder)
         self.noise_dim = noise_dim
-        self.generator = Generator(noise_dim=noise_dim, cond_dim=self.conditions.dim,
-                                   data_dim=encoder.width, hidden=generator_hidden)
-        self.discriminator = Discriminator(input_dim=encoder.width + self.conditions.dim,
-                                           hidden=discriminator_hidden, dropout=dropout)
+        self.generator = Generator(
+            noise_dim=noise_dim,
+            cond_dim=self.conditions.dim,
+            data_dim=encoder.width,
+            hidden=generator_hidden,
+        )
+        self.discriminator = Discriminator(
+            input_dim=encoder.width + self.conditions.dim,
+            hidden=discriminator_hidden,
+            dropout=dropout,
+        )
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, cond_index: int | None = None
-                 ) -> torch.Tensor:
+    def generate(
+        self, n: int, generator: torch.Generator, cond_index: int | None = None
+    ) -> torch.Tensor:
         was_training = self.generator.training
         self.generator.eval()
         if cond_index is None:
@@ -161,13 +167,14 @@ class GANModel(nn.Module):
         else:
             cond = self.conditions.fixed(n, cond_index)
         noise = torch.randn(n, self.noise_dim, generator=generator)
-        out = activate(self.generator(noise, cond), self.spans, tau=None)
+        out = activate(self.generator(noise, cond), self.spans, generator=generator)
         self.generator.train(was_training)
         return out
 
 
-def cond_loss(raw: torch.Tensor, spans: list[Span], conditions: ConditionSampler,
-              index: torch.Tensor) -> torch.Tensor:
+def cond_loss(
+    raw: torch.Tensor, spans: list[Span], conditions: ConditionSampler, index: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy making the generated category match the condition (CTGAN's loss)."""
     if not conditions.columns:
         return raw.new_zeros(())
@@ -181,8 +188,14 @@ def cond_loss(raw: torch.Tensor, spans: list[Span], conditions: ConditionSampler
     return losses.mean()
 
 
-def discriminator_step(model: GANModel, parts: TrainingParts, real: torch.Tensor, *,
-                       num_fake: int, generator: torch.Generator) -> float:
+def discriminator_step(
+    model: GANModel,
+    parts: TrainingParts,
+    real: torch.Tensor,
+    *,
+    num_fake: int,
+    generator: torch.Generator,
+) -> float:
     """One critic step on a (Poisson) batch of real rows and ``num_fake`` generated rows.
 
     Real and fake rows go through one forward and one backward: Opacus' Poisson sampling
@@ -201,8 +214,14 @@ def discriminator_step(model: GANModel, parts: TrainingParts, real: torch.Tensor
     return float(loss.item())
 
 
-def generator_step(model: GANModel, parts: TrainingParts, optimizer: torch.optim.Optimizer, *,
-                   batch_size: int, generator: torch.Generator) -> float:
+def generator_step(
+    model: GANModel,
+    parts: TrainingParts,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
     """One generator step through the frozen critic (no privacy cost: no real row involved)."""
     cond, index = model.conditions.sample(batch_size, generator)
     noise = torch.randn(batch_size, model.noise_dim, generator=generator)

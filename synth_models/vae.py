@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from synth_models.dp import TrainingParts
 from synth_models.encoder import Span, TableEncoder
+from synth_models.outputs import activate
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(0.01), 0.0
 
@@ -29,8 +30,9 @@ def _mlp(dims: list[int]) -> nn.Sequential:
 
 
 class VAEModel(nn.Module):
-    def __init__(self, encoder: TableEncoder, *, latent_dim: int = 128,
-                 hidden: tuple[int, ...] = (128, 128)) -> None:
+    def __init__(
+        self, encoder: TableEncoder, *, latent_dim: int = 128, hidden: tuple[int, ...] = (128, 128)
+    ) -> None:
         super().__init__()
         self.spans = encoder.spans
         self.latent_dim = latent_dim
@@ -38,8 +40,7 @@ class VAEModel(nn.Module):
         self.encoder = _mlp([width, *hidden])
         self.mu = nn.Linear(hidden[-1], latent_dim)
         self.logvar = nn.Linear(hidden[-1], latent_dim)
-        self.decoder = nn.Sequential(_mlp([latent_dim, *hidden[::-1]]),
-                                     nn.Linear(hidden[0], width))
+        self.decoder = nn.Sequential(_mlp([latent_dim, *hidden[::-1]]), nn.Linear(hidden[0], width))
         self.scalar_index = [s.start for s in self.spans if s.activation == "tanh"]
         self.log_sigma = nn.Linear(1, max(len(self.scalar_index), 1), bias=False)
         nn.init.constant_(self.log_sigma.weight, math.log(0.1))
@@ -52,33 +53,30 @@ class VAEModel(nn.Module):
         return self.decoder(z), mu, logvar, log_sigma
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, cond_index: int | None = None
-                 ) -> torch.Tensor:
+    def generate(
+        self, n: int, generator: torch.Generator, cond_index: int | None = None
+    ) -> torch.Tensor:
         del cond_index  # conditions are met by rejection in the synthesizer
         was_training = self.training
         self.eval()
         raw = self.decoder(torch.randn(n, self.latent_dim, generator=generator))
         sigma = torch.exp(self.log_sigma.weight[:, 0].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX))
-        parts = []
-        k = 0
-        for span in self.spans:
-            block = raw[:, span.start : span.start + span.width]
-            if span.activation == "tanh":
-                noise = torch.randn(n, 1, generator=generator) * sigma[k]
-                parts.append(torch.tanh(block + noise))
-                k += 1
-            else:
-                parts.append(torch.softmax(block, dim=1))
+        out = activate(raw, self.spans, generator=generator)
+        scalars = torch.tensor(self.scalar_index, dtype=torch.long)
+        if len(scalars):  # the likelihood: target = tanh(output) + N(0, sigma^2)
+            noise = torch.randn(n, len(scalars), generator=generator) * sigma
+            out[:, scalars] = (out[:, scalars] + noise).clamp(-1.0, 1.0)
         self.train(was_training)
-        return torch.cat(parts, dim=1)
+        return out
 
 
 class ELBOLoss(nn.Module):
     """Per-row negative ELBO (TVAE's reconstruction weighting); ``reduction`` as in torch, so
     Opacus' ghost clipping can ask for per-sample losses."""
 
-    def __init__(self, spans: list[Span], *, reconstruction_weight: float = 2.0,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, spans: list[Span], *, reconstruction_weight: float = 2.0, reduction: str = "mean"
+    ) -> None:
         super().__init__()
         self.spans = spans
         self.reconstruction_weight = reconstruction_weight

@@ -1,0 +1,325 @@
+"""The table encoder: exact round trips on exact statistics, DP noise, public declarations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from privacy.statistics import release_statistics
+from synth_models.encoder import (
+    CategoricalTransform,
+    QuantileTransform,
+    TableEncoder,
+    statistics_inputs,
+)
+from synth_models.schema import TableSchema, datetime_seconds
+
+N = 600
+METADATA = {
+    "tables": {
+        "t": {
+            "columns": {
+                "colour": {"sdtype": "categorical"},
+                "code": {"sdtype": "categorical"},  # integers used as categories
+                "flag": {"sdtype": "boolean"},
+                "size": {"sdtype": "ordinal", "range_values": ["S", "M", "L", "XL"]},
+                "count": {
+                    "sdtype": "numerical",
+                    "range_min": 0,
+                    "range_max": 50,
+                    "decimal_places": 0,
+                },
+                "visits": {"sdtype": "numerical", "decimal_places": 0},  # Int64 with missing
+                "price": {"sdtype": "numerical"},  # 2 decimals, learnt
+                "weight": {"sdtype": "numerical"},  # NaNs: missing indicator
+                "day": {"sdtype": "datetime", "datetime_format": "%Y-%m-%d"},
+                "stamp": {"sdtype": "datetime"},  # datetime64 with NaT
+            }
+        }
+    }
+}
+
+
+def make_frame(n: int = N, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    weight = rng.lognormal(3, 1, n).round(3)
+    weight[rng.random(n) < 0.25] = np.nan
+    visits = pd.array(rng.integers(0, 300, n), dtype="Int64")
+    visits[rng.random(n) < 0.1] = pd.NA
+    stamp = pd.Series(
+        pd.Timestamp("2022-03-01") + pd.to_timedelta(rng.integers(0, 10**7, n), unit="s")
+    )
+    stamp[rng.random(n) < 0.2] = pd.NaT
+    days = pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D")
+    return pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "green", "blue"], n).astype(object),
+            "code": rng.choice([10, 20, 30], n),
+            "flag": rng.random(n) < 0.3,
+            "size": rng.choice(["S", "M", "L"], n).astype(object),  # "XL" never occurs
+            "count": rng.integers(0, 51, n),
+            "visits": visits,
+            "price": rng.normal(50, 10, n).round(2),
+            "weight": weight,
+            "day": days.strftime("%Y-%m-%d").astype(object),
+            "stamp": stamp,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def schema() -> TableSchema:
+    return TableSchema.from_metadata(METADATA)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return make_frame()
+
+
+def exact_encoder(frame: pd.DataFrame, schema: TableSchema) -> TableEncoder:
+    stats, _ = release_statistics(
+        statistics_inputs(frame, schema),
+        noise_multiplier=0.0,
+        threshold_delta=0.0,
+        rng=np.random.default_rng(1),
+    )
+    return TableEncoder.from_statistics(schema, stats)
+
+
+def dp_encoder(
+    frame: pd.DataFrame, schema: TableSchema, seed: int, noise: float = 1.0
+) -> TableEncoder:
+    stats, _ = release_statistics(
+        statistics_inputs(frame, schema),
+        noise_multiplier=noise,
+        threshold_delta=1e-6,
+        rng=np.random.default_rng(seed),
+    )
+    return TableEncoder.from_statistics(schema, stats)
+
+
+@pytest.fixture(scope="module")
+def encoder(frame: pd.DataFrame, schema: TableSchema) -> TableEncoder:
+    return exact_encoder(frame, schema)
+
+
+# -- round trip ---------------------------------------------------------------------------------
+
+
+def test_round_trip_dtypes(frame: pd.DataFrame, encoder: TableEncoder) -> None:
+    out = encoder.inverse_transform(encoder.transform(frame))
+    assert list(out.columns) == list(frame.columns)
+    assert len(out) == len(frame)
+    expected = {
+        "colour": "object",
+        "code": "int64",
+        "flag": "bool",
+        "size": "object",
+        "count": "int64",
+        "visits": "Int64",
+        "price": "float64",
+        "weight": "float64",
+        "day": "object",
+        "stamp": "datetime64[ns]",
+    }
+    assert {c: str(out[c].dtype) for c in out.columns} == expected
+    assert {c: str(frame[c].dtype) for c in frame.columns} == expected
+
+
+def test_round_trip_categories_and_missing(frame: pd.DataFrame, encoder: TableEncoder) -> None:
+    out = encoder.inverse_transform(encoder.transform(frame))
+    for column in ("colour", "code", "flag", "size", "day"):
+        assert out[column].tolist() == frame[column].tolist(), column
+    assert isinstance(out["code"].iloc[0], np.integer | int)
+    for column in ("visits", "weight", "stamp"):
+        np.testing.assert_array_equal(out[column].isna(), frame[column].isna(), err_msg=column)
+        assert frame[column].isna().sum() > 10
+    pd.testing.assert_series_equal(out["stamp"], frame["stamp"])
+
+
+def _bin_width(transform: QuantileTransform, x: np.ndarray) -> np.ndarray:
+    i = np.clip(np.searchsorted(transform.highs, x, side="left"), 0, len(transform.lows) - 1)
+    return transform.highs[i] - transform.lows[i]
+
+
+@pytest.mark.parametrize("column", ["price", "weight", "visits"])
+def test_round_trip_numeric_within_bin(
+    frame: pd.DataFrame, encoder: TableEncoder, column: str
+) -> None:
+    out = encoder.inverse_transform(encoder.transform(frame))
+    present = frame[column].notna().to_numpy()
+    x = frame[column].to_numpy(dtype=float, na_value=np.nan)[present]
+    y = out[column].to_numpy(dtype=float, na_value=np.nan)[present]
+    transform = encoder.transforms[column]
+    assert np.all(np.abs(y - x) <= _bin_width(transform, x) + 1e-9)
+    # the learnt number of decimals makes nearly every value come back exactly
+    assert np.mean(np.isclose(x, y, rtol=0, atol=1e-9)) > 0.95
+
+
+def test_learnt_decimals(encoder: TableEncoder) -> None:
+    assert encoder.transforms["price"].decimals == 2
+    assert encoder.transforms["weight"].decimals == 3
+    assert encoder.transforms["visits"].decimals == 0  # declared
+    assert encoder.transforms["stamp"].decimals == 0
+
+
+def test_integer_column_with_public_bounds_is_exact(
+    frame: pd.DataFrame, encoder: TableEncoder
+) -> None:
+    transform = encoder.transforms["count"]
+    widths = transform.highs - transform.lows  # one bin per integer, clipped to [0, 50]
+    np.testing.assert_array_equal(widths, [0.5, *[1.0] * 49, 0.5])
+    out = encoder.inverse_transform(encoder.transform(frame))
+    np.testing.assert_array_equal(out["count"].to_numpy(), frame["count"].to_numpy())
+
+
+def test_values_on_bin_edges_across_gaps(schema: TableSchema) -> None:
+    # 1, 10, 100, 1000 are lower edges of log-grid bins; the bins below them are empty here,
+    # so the inverse CDF jumps there. These used to come back as 0, 9, 99, 999 (float32 offset).
+    rng = np.random.default_rng(0)
+    edges = [0, 1, 3, 9, 10, 20, 99, 100, 300, 999, 1000, 5000, 9999, 10000]
+    values = np.concatenate([np.full(rng.integers(1, 60), v) for v in edges])
+    frame = make_frame(len(values)).assign(visits=pd.array(values, dtype="Int64"))
+    encoder = exact_encoder(frame, schema)
+    out = encoder.inverse_transform(encoder.transform(frame))
+    np.testing.assert_array_equal(out["visits"].to_numpy(dtype=float), values)
+
+
+def test_datetime_day_boundary_is_not_shifted(schema: TableSchema) -> None:
+    # A light bin (2 rows) just below a heavy month: the float32 offset is then only precise
+    # to a few seconds, which used to turn 2023-01-01 into "2022-12-31".
+    frame = make_frame()
+    frame.loc[:1, "day"] = "2023-01-01"
+    frame.loc[2:, "day"] = frame.loc[2:, "day"].where(
+        frame.loc[2:, "day"] > "2023-01-01", "2023-06-01"
+    )
+    encoder = exact_encoder(frame, schema)
+    out = encoder.inverse_transform(encoder.transform(frame))
+    assert out["day"].tolist() == frame["day"].tolist()
+
+
+# -- layout -------------------------------------------------------------------------------------
+
+
+def test_spans_cover_the_width_exactly(frame: pd.DataFrame, encoder: TableEncoder) -> None:
+    position = 0
+    for span in encoder.spans:
+        assert span.start == position
+        assert span.width >= 1 and span.activation in ("softmax", "tanh")
+        position += span.width
+    assert position == encoder.width == sum(t.width for t in encoder.transforms.values())
+    matrix = encoder.transform(frame)
+    assert matrix.shape == (len(frame), encoder.width) and matrix.dtype == np.float32
+    for span in encoder.spans:
+        block = matrix[:, span.start : span.start + span.width]
+        if span.activation == "softmax":
+            np.testing.assert_array_equal(block.sum(axis=1), 1.0)
+            assert set(np.unique(block)) <= {0.0, 1.0}
+        else:
+            assert block.min() >= -1.0 and block.max() <= 1.0
+    assert {s.column for s in encoder.spans} == set(encoder.transforms)
+    assert encoder.categorical_columns == ["colour", "code", "flag", "size"]
+
+
+def test_json_round_trip_gives_identical_transforms(
+    frame: pd.DataFrame, encoder: TableEncoder
+) -> None:
+    restored = TableEncoder.from_dict(json.loads(json.dumps(encoder.to_dict())))
+    assert restored.spans == encoder.spans
+    matrix = encoder.transform(frame)
+    np.testing.assert_array_equal(restored.transform(frame), matrix)
+    pd.testing.assert_frame_equal(
+        restored.inverse_transform(matrix), encoder.inverse_transform(matrix)
+    )
+    assert restored.to_dict() == encoder.to_dict()
+
+
+# -- DP statistics ------------------------------------------------------------------------------
+
+
+def test_dp_encoder_differs_from_exact(
+    frame: pd.DataFrame, schema: TableSchema, encoder: TableEncoder
+) -> None:
+    private = dp_encoder(frame, schema, seed=3)
+    assert private.to_dict() != encoder.to_dict()
+    exact_freq = encoder.transforms["colour"].frequencies
+    dp_freq = private.transforms["colour"].frequencies
+    assert private.transforms["colour"].categories == encoder.transforms["colour"].categories
+    assert not np.allclose(dp_freq, exact_freq, rtol=0, atol=1e-6)
+    assert np.allclose(dp_freq, exact_freq, atol=0.05)  # noise ~ 4 rows out of 600
+    x = frame["price"].to_numpy()
+    exact_u, dp_u = encoder.transforms["price"].to_unit(x), private.transforms["price"].to_unit(x)
+    assert 0.001 < np.abs(exact_u - dp_u).max() < 0.1
+    # two releases with different seeds differ too
+    assert dp_encoder(frame, schema, seed=4).to_dict() != private.to_dict()
+
+
+def test_neighbouring_tables_give_close_but_different_encoders(
+    frame: pd.DataFrame, schema: TableSchema
+) -> None:
+    neighbour = frame.drop(index=frame.index[5]).reset_index(drop=True)
+    a, b = dp_encoder(frame, schema, seed=7), dp_encoder(neighbour, schema, seed=7)
+    assert a.to_dict() != b.to_dict()
+    for name in ("colour", "code", "flag", "size"):
+        ta, tb = a.transforms[name], b.transforms[name]
+        assert ta.categories == tb.categories
+        assert np.abs(ta.frequencies - tb.frequencies).max() < 0.02, name
+    for name in ("price", "weight", "count"):
+        x = frame[name].dropna().to_numpy(dtype=float)
+        gap = np.abs(a.transforms[name].to_unit(x) - b.transforms[name].to_unit(x)).max()
+        assert gap < 0.05, (name, gap)
+
+
+def test_public_declarations_bypass_dp(frame: pd.DataFrame, schema: TableSchema) -> None:
+    # heavy noise: an estimated domain or range would be wrecked, a declared one is kept as is
+    declared = ["size", "flag", "count", "visits"]
+    schema = TableSchema(schema.table_name, tuple(schema[c] for c in declared))
+    private = dp_encoder(frame[declared], schema, seed=11, noise=50.0)
+    size = private.transforms["size"]
+    assert size.categories == ["S", "M", "L", "XL"]  # "XL" is in no row
+    assert len(size.frequencies) == 4 and np.all(size.frequencies >= 0)
+    assert np.isclose(size.frequencies.sum(), 1.0)
+    assert private.transforms["flag"].categories == [False, True]
+    count = private.transforms["count"]
+    assert count.decimals == 0
+    assert count.lows.min() >= -0.5 and count.highs.max() <= 50.5
+    assert private.transforms["visits"].decimals == 0
+    out = private.inverse_transform(private.transform(frame[declared]))
+    assert out["count"].between(0, 50).all()
+
+
+def test_declared_nullable_overrides_dp(frame: pd.DataFrame) -> None:
+    meta = json.loads(json.dumps(METADATA))
+    meta["tables"]["t"]["columns"]["price"]["range_is_nullable"] = True
+    meta["tables"]["t"]["columns"]["weight"]["range_is_nullable"] = True
+    schema = TableSchema.from_metadata(meta)
+    private = dp_encoder(frame, schema, seed=2)
+    assert private.transforms["price"].has_missing  # declared, though no row is missing
+
+
+def test_rows_outside_dp_domain_are_dropped(schema: TableSchema) -> None:
+    frame = make_frame()
+    frame.loc[17, "colour"] = "ultraviolet"  # one row: cannot pass the DP threshold
+    private = dp_encoder(frame, schema, seed=5)
+    assert "ultraviolet" not in private.transforms["colour"].categories
+    assert isinstance(private.transforms["colour"], CategoricalTransform)
+    matrix = private.transform(frame)
+    assert len(matrix) == len(frame) - 1
+    expected = private.transform(frame.drop(index=17))
+    np.testing.assert_array_equal(matrix, expected)
+    # a category no release has seen is dropped the same way
+    novel = frame.drop(index=17).assign(code=lambda d: d["code"].where(d.index != 3, 99))
+    assert len(private.transform(novel)) == len(frame) - 2
+
+
+def test_transform_accepts_datetime_strings_and_stamps(
+    frame: pd.DataFrame, schema: TableSchema, encoder: TableEncoder
+) -> None:
+    as_strings = frame.assign(stamp=frame["stamp"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+    np.testing.assert_array_equal(encoder.transform(as_strings), encoder.transform(frame))
+    seconds = datetime_seconds(frame["day"], schema["day"])
+    assert np.isfinite(seconds).all()
