@@ -68,7 +68,7 @@ def load_state(merchant: str, *, node_state: RecordDict | None, path: Path | Non
     if path is not None and path.exists():
         try:
             candidates.append(MerchantState.from_dict(json.loads(path.read_text())))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # TypeError: wrong shape
             raise RuntimeError(
                 f"merchant {merchant!r}: privacy state file {path} is unreadable ({exc}); "
                 "refusing to train without knowing what was already spent"

@@ -66,6 +66,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
     metadata = load_metadata(config.resolve(config.metadata_path))
     schema = TableSchema.from_metadata(metadata, config.table_name or None)
     ledgers: dict[str, dict] = {}
+    owners: dict[str, int] = {}  # merchant name -> node id, for this run
     done = 0
     if config.resume and artifact.exists():
         manifest, weights = load_artifact(artifact)
@@ -88,6 +89,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             min_nodes=config.min_nodes,
             timeout=config.round_timeout,
             ledgers=ledgers,
+            owners=owners,
         )
         _append_jsonl(
             run_dir / "rounds.jsonl",
@@ -103,6 +105,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         min_available_nodes=config.min_nodes,
         min_train_nodes=config.min_nodes,
     )
+    strategy.owners = owners
     train_config = ConfigRecord(
         {
             DOCUMENT_KEY: dumps(

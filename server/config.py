@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class FederationConfig:
-    model: str = "gan"
+    model: str = "vae"
     num_rounds: int = 10
     local_epochs: int = 2
     epsilon: float = 1.0
@@ -25,7 +25,7 @@ class FederationConfig:
     max_grad_norm: float = 1.0
     generator_lr: float = 2e-4
     discriminator_lr: float = 2e-4
-    vae_lr: float = 1e-3
+    vae_lr: float = 3e-3
     model_options: dict = field(default_factory=dict)
     min_nodes: int = 1  # merchants to wait for before the schema round
     min_train_replies: int = 1  # a round with fewer successful merchants keeps the old model

@@ -49,6 +49,7 @@ def schema_round(
     min_nodes: int,
     timeout: float,
     ledgers: dict[str, dict],
+    owners: dict[str, int],
 ) -> tuple[TableEncoder, TableStatistics, dict[str, dict]]:
     """Ask every merchant for its DP statistics; build the shared encoder from their sum."""
     nodes = wait_for_nodes(grid, min_nodes, timeout)
@@ -62,7 +63,8 @@ def schema_round(
         for node in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    answered, outcome = sort_replies(replies, ledgers)
+    accepted, outcome = sort_replies(replies, ledgers, owners)
+    answered = [msg for msg, _ in accepted]
     for merchant, result in outcome.items():
         if result["state"] != "ok":
             logger.warning(

@@ -82,7 +82,7 @@ def _version(package: str) -> str:
 
 
 class TabularSynthesizer:
-    """A differentially private tabular synthesizer (``model="gan"`` or ``"vae"``).
+    """A differentially private tabular synthesizer (``model="vae"`` or ``"gan"``).
 
     ``epsilon=math.inf`` trains the same model without DP (statistics are then exact counts
     on the data-independent grids) for comparison."""
@@ -91,7 +91,7 @@ class TabularSynthesizer:
         self,
         metadata: dict | Any,
         *,
-        model: str = "gan",
+        model: str = "vae",
         epsilon: float = 1.0,
         delta: float | None = None,
         statistics_share: float = 0.1,

@@ -30,7 +30,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     generator_lr: float = 2e-4
     discriminator_lr: float = 2e-4
-    vae_lr: float = 1e-3
+    vae_lr: float = 3e-3
     weight_decay: float = 1e-6
 
     def to_dict(self) -> dict:
