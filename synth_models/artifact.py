@@ -37,6 +37,7 @@ def save_artifact(
     blob = buffer.getvalue()
     full = {"format": FORMAT, **manifest, "weights_sha256": hashlib.sha256(blob).hexdigest()}
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
     try:
         (staging / WEIGHTS).write_bytes(blob)
         (staging / MANIFEST).write_text(json.dumps(full, indent=1, default=_json_default))
