@@ -17,12 +17,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.guard import reply_guard
-from client.merchant import find_table, load_merchant_table, statistics_round, train_round
+from client.merchant import (
+    audit_round,
+    find_table,
+    holdout_split,
+    load_merchant_table,
+    statistics_round,
+    train_round,
+)
 from client.state import load_state, save_state
 from privacy.ledger import BudgetExceededError
 from synth_models.encoder import TableEncoder
 from synth_models.federation import (
     ARRAYS,
+    AUDIT,
     CONFIG,
     DOCUMENT_KEY,
     FAILED,
@@ -69,6 +77,7 @@ def make_client_app(
     data_dir: str | None = None,
     state_dir: str | None = None,
     torch_threads: int | None = None,
+    holdout_fraction: float = 0.0,
     mods: list | None = None,
 ) -> ClientApp:
     """A ClientApp; ``data_dir``/``state_dir`` are defaults for simulations, where the run
@@ -106,8 +115,15 @@ def make_client_app(
             schema = TableSchema.from_dict(config["schema"])
             source = table_path(context)
             table = load_merchant_table(source, schema)
+            fraction = float(
+                context.node_config.get("holdout-fraction")
+                or context.run_config.get("holdout-fraction")
+                or holdout_fraction
+            )
+            # The holdout is never trained on: the audit's non-members.
+            table, holdout = holdout_split(table, fraction, seed=_seed(merchant, "holdout"))
             state = load_state(merchant, node_state=context.state, path=path)
-            content = work(msg, config, schema, table, str(source), state)
+            content = work(msg, config, schema, table, str(source), state, holdout)
             if state.ledger is not None:
                 content[LEDGER] = ConfigRecord({DOCUMENT_KEY: dumps(state.ledger.state_dict())})
             content[STATUS] = ConfigRecord(
@@ -129,7 +145,7 @@ def make_client_app(
 
     @app.query("statistics")
     def statistics(msg: Message, context: Context) -> Message:
-        def work(msg, config, schema, table, source, state):
+        def work(msg, config, schema, table, source, state, holdout):
             stats = statistics_round(
                 table,
                 schema=schema,
@@ -146,7 +162,7 @@ def make_client_app(
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        def work(msg, config, schema, table, source, state):
+        def work(msg, config, schema, table, source, state, holdout):
             server_round = int(config["server_round"])
             weights, metrics = train_round(
                 table,
@@ -171,6 +187,30 @@ def make_client_app(
                 {k: round(v, 4) for k, v in metrics.items() if k.endswith("loss")},
             )
             return RecordDict({ARRAYS: ArrayRecord(weights), METRICS: MetricRecord(metrics)})
+
+        return handle(msg, context, work)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        def work(msg, config, schema, table, source, state, holdout):
+            report = audit_round(
+                table,
+                holdout,
+                metadata=config["metadata"],
+                encoder=TableEncoder.from_dict(config["encoder"]),
+                weights=msg.content.array_records[ARRAYS].to_torch_state_dict(),
+                model=config["model"],
+                model_options=config["model_options"],
+                claimed={
+                    "epsilon": state.epsilon if state.ledger else None,
+                    "delta": state.ledger.delta if state.ledger else None,
+                },
+                target=config.get("target"),
+                sensitive_columns=config.get("sensitive", []),
+                sample_rows=int(config.get("sample_rows", 20_000)),
+                seed=_seed(config["seed"], state.merchant, "audit"),
+            )
+            return RecordDict({AUDIT: ConfigRecord({DOCUMENT_KEY: dumps(report)})})
 
         return handle(msg, context, work)
 

@@ -14,8 +14,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from synth_models.federation import (
     ARRAYS,
+    AUDIT,
     DOCUMENT_KEY,
     FAILED,
+    MAX_AUDIT_LIST,
     METRICS,
     REPLY_DOCUMENTS,
     REPLY_METRICS,
@@ -51,12 +53,26 @@ def reply_problems(content: RecordDict) -> list[str]:
                 problems.append(f"config record {name!r} is not a JSON document (not a string)")
             else:
                 try:
-                    json.loads(str(record[DOCUMENT_KEY]))
+                    document = json.loads(str(record[DOCUMENT_KEY]))
                 except ValueError:
                     problems.append(f"config record {name!r} is not a JSON document")
+                else:
+                    if name == AUDIT and _longest_list(document) > MAX_AUDIT_LIST:
+                        problems.append(
+                            f"audit document holds a list of more than "
+                            f"{MAX_AUDIT_LIST} values (row-level data?)"
+                        )
         else:
             problems.append(f"record {name!r} of type {type(record).__name__} is not allowed")
     return problems
+
+
+def _longest_list(document) -> int:
+    if isinstance(document, dict):
+        return max((_longest_list(v) for v in document.values()), default=0)
+    if isinstance(document, list):
+        return max([len(document), *(_longest_list(v) for v in document)])
+    return 0
 
 
 def reply_guard(msg: Message, context: Context, call_next) -> Message:

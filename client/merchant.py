@@ -21,7 +21,11 @@ from privacy.statistics import TableStatistics, release_statistics
 from synth_models.encoder import TableEncoder, statistics_inputs
 from synth_models.io import read_table
 from synth_models.schema import DataError, TableSchema, validate_table
-from synth_models.synthesizer import build_model, release_encoder_statistics
+from synth_models.synthesizer import (
+    TabularSynthesizer,
+    build_model,
+    release_encoder_statistics,
+)
 from synth_models.training import TrainingConfig, plan_steps, planned_record, train_local
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,81 @@ def find_table(directory: str | Path, merchant_index: int) -> Path:
         f"(looked for merchant-{merchant_index}{{{','.join(TABLE_SUFFIXES)}}})",
         source=str(directory),
     )
+
+
+def holdout_split(
+    table: pd.DataFrame, fraction: float, *, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The merchant's training rows and the holdout it keeps for the audit (never trained on).
+    The same seed gives the same split in every round and run."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(table))
+    cut = len(table) - round(fraction * len(table))
+    return (
+        table.iloc[order[:cut]].reset_index(drop=True),
+        table.iloc[order[cut:]].reset_index(drop=True),
+    )
+
+
+def audit_round(
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    metadata: dict,
+    encoder: TableEncoder,
+    weights: dict[str, torch.Tensor],
+    model: str,
+    model_options: dict,
+    claimed: dict,
+    target: str | None,
+    sensitive_columns: list[str],
+    sample_rows: int,
+    seed: int,
+) -> dict:
+    """Audit the global synthesizer on this merchant's own rows: aggregates only."""
+    from privacy.audit import audit_table  # heavy (SDMetrics); only evaluate rounds need it
+
+    synth = TabularSynthesizer.from_fitted(
+        metadata,
+        model=model,
+        encoder=encoder,
+        weights=weights,
+        ledgers={},
+        epsilon=float(claimed.get("epsilon") or math.inf),
+        model_options=model_options,
+    )
+    # A fixed number of synthetic rows: a count derived from the table would reveal its size.
+    synthetic = synth.sample(sample_rows, seed=seed)
+    report = audit_table(
+        train,
+        holdout,
+        synthetic,
+        metadata,
+        encoder.schema.table_name,
+        target=target,
+        sensitive_columns=tuple(sensitive_columns),
+        delta=claimed.get("delta"),
+        claimed_epsilon=claimed.get("epsilon"),
+        seed=seed,
+    )
+    return without_row_counts(report)
+
+
+# Keys of an audit that count real rows: exact counts never leave a merchant.
+REAL_ROW_COUNTS = frozenset({
+    "train_rows", "test_rows", "members", "nonmembers", "evaluation_members",
+    "evaluation_nonmembers", "reference_rows",
+})  # fmt: skip
+
+
+def without_row_counts(document):
+    """The audit document without its counts of real rows (at any depth)."""
+    if isinstance(document, dict):
+        return {k: without_row_counts(v) for k, v in document.items() if k not in REAL_ROW_COUNTS}
+    if isinstance(document, list):
+        return [without_row_counts(v) for v in document]
+    return document
 
 
 def load_merchant_table(path: str | Path, schema: TableSchema) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from privacy.ledger import PrivacyLedger
 from server.config import FederationConfig
+from server.evaluation import collect_audits, combine, failures, rounds_epsilon
 from server.schema_round import schema_round
 from server.strategy import MerchantFedAvg
 from synth_models.artifact import load_artifact
@@ -178,7 +179,60 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
     if config.sample_rows:
         synthetic = TabularSynthesizer.load(artifact).sample(config.sample_rows, seed=config.seed)
         synthetic.to_csv(run_dir / "synthetic.csv", index=False)
+    if config.audit:
+        federated_audit(grid, config, artifact, run_dir, owners, strategy.round_log)
     return artifact
+
+
+def federated_audit(
+    grid: Grid,
+    config: FederationConfig,
+    artifact: Path,
+    run_dir: Path,
+    owners: dict[str, int],
+    round_log: list[dict],
+) -> Path | None:
+    """Merchants audit the final synthesizer on their own rows; the server writes the report."""
+    from privacy.report import write_report
+
+    document = {
+        "seed": config.seed,
+        "target": config.target or None,
+        "sensitive": [c.strip() for c in config.sensitive_columns.split(",") if c.strip()],
+        "sample_rows": config.audit_rows,
+    }
+    audits, outcome = collect_audits(
+        grid,
+        artifact=artifact,
+        document=document,
+        min_nodes=config.min_nodes,
+        timeout=config.round_timeout,
+        owners=owners,
+    )
+    if not audits:
+        logger.warning("audit: no merchant returned an audit: %s", outcome)
+        return None
+    rows = {
+        m: r["num-examples"]
+        for entry in round_log
+        for m, r in entry["merchants"].items()
+        if "num-examples" in r
+    }  # DP row counts, latest round last
+    synth = TabularSynthesizer.load(artifact)
+    report = {
+        **combine(audits, rows),
+        "claimed": {
+            "epsilon": synth.epsilon_spent,
+            "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
+        },
+        "ledgers": {m: lg.state_dict() for m, lg in synth.ledgers_.items()},
+        "rounds": rounds_epsilon(run_dir),
+        "merchants": audits,
+        "failures": failures(run_dir, outcome),
+    }
+    html, _ = write_report(report, run_dir / "report", title=f"fedsynth audit: {run_dir.name}")
+    logger.info("audit: %d merchant(s) audited; report %s", len(audits), html)
+    return html
 
 
 def make_server_app(overrides: dict | None = None) -> ServerApp:

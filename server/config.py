@@ -11,6 +11,8 @@ from pathlib import Path
 from synth_models.training import TrainingConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Run-config keys the merchants read (client/app.py), not the server.
+CLIENT_KEYS = ("data_dir", "state_dir", "holdout_fraction")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class FederationConfig:
     resume: bool = False
     stop_after_round: int = 0  # end this run after that round (0: run all); resume continues
     sample_rows: int = 0  # synthetic rows written to <run-dir>/synthetic.csv at the end
+    audit: bool = True  # federated audit after the last round: <run-dir>/report/
+    target: str = ""  # column for train-on-synthetic / test-on-real utility
+    sensitive_columns: str = ""  # comma-separated, for DisclosureProtection
+    audit_rows: int = 20_000  # synthetic rows each merchant audits against
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> FederationConfig:
@@ -45,7 +51,7 @@ class FederationConfig:
         values = {}
         for key, value in run_config.items():
             name = key.replace("-", "_")
-            if name in ("data_dir", "state_dir"):  # client-side settings
+            if name in CLIENT_KEYS:
                 continue
             if name not in fields:
                 raise ValueError(f"unknown run config key {key!r}")

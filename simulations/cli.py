@@ -193,6 +193,103 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit report for a simulation run folder, or for one real table and its synthetic data."""
+    from privacy.audit import audit_table
+    from privacy.report import write_report
+    from synth_models.io import load_metadata, read_table
+    from synth_models.synthesizer import TabularSynthesizer
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.run:
+        html = audit_run_folder(Path(args.run), target=args.target, out=args.out)
+    else:
+        if not (args.real and args.metadata and (args.synthetic or args.synthesizer)):
+            raise SystemExit(
+                "give a run folder, or --real, --metadata and --synthetic or --synthesizer"
+            )
+        metadata = load_metadata(args.metadata)
+        table_name = next(iter(metadata["tables"]))
+        real = read_table(args.real)
+        holdout = read_table(args.holdout) if args.holdout else real.iloc[:0]
+        claimed = {}
+        if args.synthesizer:
+            synth = TabularSynthesizer.load(args.synthesizer)
+            synthetic = synth.sample(len(real), seed=0)
+            claimed = {
+                "epsilon": synth.epsilon_spent,
+                "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
+            }
+        else:
+            synthetic = read_table(args.synthetic)
+        audit = audit_table(
+            real,
+            holdout,
+            synthetic,
+            metadata,
+            table_name,
+            target=args.target,
+            delta=claimed.get("delta"),
+            claimed_epsilon=claimed.get("epsilon"),
+        )
+        audit["claimed"] = claimed
+        html, _ = write_report(audit, Path(args.out or "audit-report"))
+    print(f"report: {html}")
+    return 0
+
+
+def audit_run_folder(run_dir: Path, *, target: str | None, out: str | None) -> Path:
+    """What the merchants of a simulation computed, recomputed from the run folder."""
+    from client.app import _seed
+    from client.merchant import audit_round, holdout_split, load_merchant_table
+    from privacy.report import write_report
+    from server.evaluation import combine, failures, rounds_epsilon
+    from synth_models.artifact import load_artifact
+    from synth_models.encoder import TableEncoder
+
+    manifest, weights = load_artifact(run_dir / "synthesizer")
+    config = json.loads((run_dir / "config.json").read_text())
+    fraction = float(config.get("holdout", 0.2))
+    encoder = TableEncoder.from_dict(manifest["encoder"])
+    ledgers = manifest["privacy"]["ledgers"]
+    audits = {}
+    for path in sorted((run_dir / "merchants").glob("merchant-*")):
+        merchant = path.name.split(".")[0]
+        table = load_merchant_table(path, encoder.schema)
+        train, holdout = holdout_split(table, fraction, seed=_seed(merchant, "holdout"))
+        ledger = ledgers.get(merchant, {})
+        audits[merchant] = audit_round(
+            train,
+            holdout,
+            metadata=manifest["metadata"],
+            encoder=encoder,
+            weights=weights,
+            model=manifest["model"],
+            model_options=manifest["model_options"],
+            claimed={"epsilon": ledger.get("epsilon"), "delta": ledger.get("delta")},
+            target=target or config["run_config"].get("target") or None,
+            sensitive_columns=[],
+            sample_rows=20_000,
+            seed=_seed(config["seed"], merchant, "audit"),
+        )
+    report = {
+        **combine(audits, {}),
+        "claimed": {
+            "epsilon": manifest["privacy"]["epsilon"],
+            "delta": manifest["privacy"]["delta"],
+        },
+        "ledgers": ledgers,
+        "rounds": rounds_epsilon(run_dir),
+        "merchants": audits,
+        "failures": failures(run_dir, {}),
+    }
+    html, _ = write_report(report, Path(out) if out else run_dir / "report")
+    return html
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from synth_models.synthesizer import TabularSynthesizer
 
@@ -244,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout",
         type=float,
         default=0.2,
-        help="share of rows kept out of training for the audit",
+        help="share of each merchant's rows it keeps out of training for its audit",
     )
     simulate.add_argument("--min-train-replies", type=int, default=1)
     simulate.add_argument(
@@ -252,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--out", help="run folder (default: runs/<time>-simulate-...)")
     simulate.set_defaults(func=cmd_simulate)
+
+    audit = sub.add_parser("audit", help="audit report (HTML + JSON) for a run or a table pair")
+    audit.add_argument("run", nargs="?", help="a simulation run folder")
+    audit.add_argument("--real", help="real table (CSV/Parquet) for a one-table audit")
+    audit.add_argument("--holdout", help="real rows not used for training (non-members)")
+    audit.add_argument("--synthetic", help="synthetic table to audit")
+    audit.add_argument("--synthesizer", help="or a synthesizer artifact to sample from")
+    audit.add_argument("--metadata", help="SDV metadata JSON")
+    audit.add_argument("--target", help="column for train-on-synthetic / test-on-real utility")
+    audit.add_argument("--out", help="report folder (default: <run>/report or audit-report)")
+    audit.set_defaults(func=cmd_audit)
 
     sample = sub.add_parser("sample", help="sample rows from a saved synthesizer")
     sample.add_argument("artifact")

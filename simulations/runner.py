@@ -38,7 +38,7 @@ for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHE
 class SimulationSettings:
     merchants: int = 5
     partition: str = "dirichlet:type:0.5"
-    holdout: float = 0.2
+    holdout: float = 0.2  # share of each merchant's rows kept out of training for its audit
     min_rows: int = 10
     seed: int = 0
     sample_rows: int | None = None  # default: as many as the training rows
@@ -68,9 +68,8 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
     from synth_models.synthesizer import TabularSynthesizer
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    train, holdout = split_holdout(dataset.table, settings.holdout, settings.seed)
     parts = partition_table(
-        train,
+        dataset.table,
         settings.partition,
         num_merchants=settings.merchants,
         seed=settings.seed,
@@ -79,7 +78,6 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
     column = parse_partition(settings.partition).column
     logger.info("merchants:\n%s", describe_partitions(parts, column).round(3).to_string())
     write_partitions(parts, run_dir / "merchants")
-    holdout.to_csv(run_dir / "holdout.csv", index=False)
     (run_dir / "metadata.json").write_text(json.dumps(dataset.metadata, indent=1))
     overrides = {
         "run-dir": str(run_dir.resolve()),
@@ -87,6 +85,7 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
         "table-name": dataset.table_name,
         "min-nodes": len(parts),
         "seed": settings.seed,
+        "target": dataset.target or "",
         **settings.federation,
     }
     (run_dir / "config.json").write_text(
@@ -94,8 +93,6 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
             {
                 "dataset": dataset.name,
                 "rows": len(dataset.table),
-                "train_rows": len(train),
-                "holdout_rows": len(holdout),
                 **asdict(settings),
                 "run_config": overrides,
             },
@@ -110,6 +107,7 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
             data_dir=str((run_dir / "merchants").resolve()),
             state_dir=str((run_dir / "state").resolve()),
             torch_threads=1,
+            holdout_fraction=settings.holdout,
         ),
         num_supernodes=len(parts),
         backend_config={
@@ -119,7 +117,7 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
     )
     seconds = time.perf_counter() - started
     synth = TabularSynthesizer.load(run_dir / ARTIFACT)
-    synthetic = synth.sample(settings.sample_rows or len(train), seed=settings.seed)
+    synthetic = synth.sample(settings.sample_rows or len(dataset.table), seed=settings.seed)
     synthetic.to_csv(run_dir / "synthetic.csv", index=False)
     summary = {
         "dataset": dataset.name,
@@ -128,7 +126,12 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
         "epsilon": synth.epsilon_spent,
         "epsilon_per_merchant": {m: lg.epsilon() for m, lg in synth.ledgers_.items()},
         "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
-        **quality_scores(train, synthetic, dataset.metadata, dataset.table_name),
+        # Scored here against all merchants' rows pooled, which only a simulation can do; the
+        # federated audit in report/ is what merchants computed on their own rows.
+        **quality_scores(dataset.table, synthetic, dataset.metadata, dataset.table_name),
+        "report": str(run_dir / "report" / "report.html")
+        if (run_dir / "report" / "report.html").exists()
+        else None,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

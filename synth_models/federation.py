@@ -17,10 +17,14 @@ CONFIG = "config"
 STATISTICS = "statistics"
 LEDGER = "ledger"
 STATUS = "status"
+AUDIT = "audit"
 DOCUMENT_KEY = "json"
 
 STATISTICS_MESSAGE = "query.statistics"
-REPLY_DOCUMENTS = (STATISTICS, LEDGER, STATUS)
+REPLY_DOCUMENTS = (STATISTICS, LEDGER, STATUS, AUDIT)
+# An audit document holds aggregates: binned shares, ROC points, scores. A longer list than this
+# would be per-row data, and the guard blocks it.
+MAX_AUDIT_LIST = 512
 REPLY_METRICS = (
     "num-examples",  # the merchant's DP row count (aggregation weight), never the exact count
     "epsilon",

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from server.config import PROJECT_ROOT, FederationConfig
+from server.config import CLIENT_KEYS, PROJECT_ROOT, FederationConfig
 from synth_models.training import TrainingConfig
 
 
@@ -80,7 +80,7 @@ def test_every_key_of_the_project_run_config_is_accepted():
     config = FederationConfig.from_run_config(run_config)
     for key, value in run_config.items():
         name = key.replace("-", "_")
-        if name in ("data_dir", "state_dir", "model_options"):
+        if name in (*CLIENT_KEYS, "model_options"):
             continue
         assert getattr(config, name) == value, key
 

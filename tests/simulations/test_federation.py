@@ -33,6 +33,7 @@ from simulations.datasets import load_dataset
 from synth_models.artifact import load_artifact
 from synth_models.federation import (
     ARRAYS,
+    AUDIT,
     DOCUMENT_KEY,
     FAILED,
     LEDGER,
@@ -57,6 +58,7 @@ BUDGET, DELTA, SHARE = 3.0, 1e-5, 0.1
 GOOD_ROWS = (400, 450, 500)  # merchants 0..2; merchant 3 has a bad table
 MODEL_OPTIONS = {"generator_hidden": [32, 32], "discriminator_hidden": [32, 32], "noise_dim": 16}
 GOOD = [f"merchant-{i}" for i in range(len(GOOD_ROWS))]
+HOLDOUT = 0.2  # each merchant's share of rows kept out of training for its audit
 
 
 def run_config(run_dir: Path, merchants: int, **overrides) -> dict:
@@ -73,17 +75,24 @@ def run_config(run_dir: Path, merchants: int, **overrides) -> dict:
         "min-nodes": merchants,
         "round-timeout": 600.0,
         "seed": 0,
+        "audit": False,
         **overrides,
     }
 
 
-def simulate(config: dict, *, data_dir: Path, state_dir: Path, merchants: int, mods=()):
+def simulate(
+    config: dict, *, data_dir: Path, state_dir: Path, merchants: int, mods=(), holdout=0.0
+):
     from flwr.simulation import run_simulation
 
     run_simulation(
         server_app=make_server_app(config),
         client_app=make_client_app(
-            data_dir=str(data_dir), state_dir=str(state_dir), torch_threads=1, mods=list(mods)
+            data_dir=str(data_dir),
+            state_dir=str(state_dir),
+            torch_threads=1,
+            holdout_fraction=holdout,
+            mods=list(mods),
         ),
         num_supernodes=merchants,
         backend_config={
@@ -188,11 +197,16 @@ def federation(tmp_path_factory):
     bad.to_csv(data_dir / "merchant-3.csv", index=False)
     merchants = len(GOOD_ROWS) + 1
     simulate(
-        run_config(run_dir, merchants, **{"min-train-replies": 2}),
+        run_config(
+            run_dir,
+            merchants,
+            **{"min-train-replies": 2, "audit": True, "target": "type", "audit-rows": 256},
+        ),
         data_dir=data_dir,
         state_dir=state_dir,
         merchants=merchants,
         mods=[make_inspector(str(replies_dir))],
+        holdout=HOLDOUT,
     )
     replies = [
         json.loads(line)
@@ -282,10 +296,11 @@ def _replies(federation, partition: int, message_type: str | None = None) -> lis
 
 def test_inspector_saw_every_reply(federation):
     replies = federation["replies"]
-    assert len(replies) == 4 * 3  # 4 merchants x (schema round + 2 training rounds)
+    assert len(replies) == 4 * 4  # 4 merchants x (schema round + 2 training rounds + audit)
     for partition in range(4):
         assert len(_replies(federation, partition, STATISTICS_MESSAGE)) == 1
         assert len(_replies(federation, partition, "train")) == 2
+        assert len(_replies(federation, partition, "evaluate")) == 1
     assert all(r["error"] is None for r in replies)
 
 
@@ -353,6 +368,8 @@ def test_nothing_row_level_or_exact_leaves_a_merchant(federation, partition):
     merchant = GOOD[partition]
     table = federation["tables"][merchant]
     exact = len(table)
+    holdout_rows = round(HOLDOUT * exact)
+    real_counts = {exact, exact - holdout_rows, holdout_rows}
     state = read_state(federation["state_dir"], merchant)
     replies = _replies(federation, partition)
     for reply in replies:
@@ -363,8 +380,8 @@ def test_nothing_row_level_or_exact_leaves_a_merchant(federation, partition):
             assert metrics["num-examples"] == state.dp_rows
             assert metrics["num-examples"] != exact
             assert metrics["sample-rate"] != pytest.approx(100 / exact, rel=1e-12)
-        # No number anywhere in the reply is the exact row count.
-        assert exact not in list(_numbers([documents, metrics]))
+        # No number anywhere in the reply is an exact count of rows (all, trained, held out).
+        assert not real_counts & set(_numbers([documents, metrics]))
         # No list as long as the table (a column of per-row values), and no column's values.
         columns = [table[c].tolist() for c in table.columns]
         for values in _lists(documents):
@@ -515,3 +532,23 @@ def test_no_ledger_ever_exceeds_its_budget(resumed):
             for result in entry["merchants"].values():
                 if "epsilon" in result:
                     assert result["epsilon"] <= BUDGET * (1 + 1e-9)
+
+
+def test_every_good_merchant_audited_on_its_own_rows(federation):
+    for partition in range(len(GOOD)):
+        (reply,) = _replies(federation, partition, "evaluate")
+        audit = _documents(reply)[AUDIT]
+        assert {"fidelity", "utility", "attack", "heuristics"} <= set(audit)
+        assert 0.0 <= audit["fidelity"]["quality"] <= 1.0
+        assert 0.0 <= audit["attack"]["auc"] <= 1.0
+        assert audit["attack"]["empirical_epsilon"]["epsilon_lower_bound"] <= BUDGET
+
+
+def test_the_server_writes_the_federated_report(federation):
+    report = json.loads((federation["run_dir"] / "report" / "report.json").read_text())
+    assert set(report["audit"]["merchants"]) == set(GOOD)
+    assert report["verdict"]["epsilon"] <= BUDGET
+    reasons = [f["reason"] for f in report["audit"]["failures"] if f["merchant"] == "merchant-3"]
+    assert reasons and all("price" in r for r in reasons)
+    html = (federation["run_dir"] / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "merchant-3" in html

@@ -1,0 +1,856 @@
+"""Render an audit result dict into a self-contained HTML report and a JSON file.
+
+The HTML needs no network: plots are PNGs drawn with matplotlib's Agg canvas and embedded as
+base64 ``data:`` URIs, the CSS is inline, and there is no JavaScript and no external font.
+Every text taken from the audit is escaped with :func:`html.escape`.
+
+Blocks of the audit dict may be missing (the audit is assembled by other code, and a run may stop
+early): the section of a missing block is skipped with a note, and a section that cannot be drawn
+from a malformed block is replaced by a note (and logged) instead of failing the whole report.
+
+Public API: :func:`write_report`, :func:`render_html`, :func:`verdict`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+# The Agg canvas directly (not pyplot): headless, and no global backend state is touched.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+#: Verdict thresholds.
+MAX_ATTACK_AUC = 0.6
+MIN_QUALITY = 0.5
+#: Slack when comparing epsilons (floating point noise in accountants).
+EPSILON_TOLERANCE = 1e-9
+#: At most this many columns get a distribution plot (the grid gets unreadable beyond).
+MAX_DISTRIBUTION_PLOTS = 36
+#: At most this many categories per categorical distribution plot (the most frequent real ones).
+MAX_CATEGORIES = 20
+
+HEURISTIC_NOTE = (
+    "Distance-based metrics (DCR, disclosure protection) are heuristics, not privacy "
+    "guarantees: a good score does not prove privacy, and only the differential-privacy "
+    "accounting (the ledgers) gives a guarantee."
+)
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any) -> float | None:
+    """A finite-or-infinite float from a number, else None (bools and strings are not numbers)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """Format a number for display (``—`` when absent); non-numbers are returned as text."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    number = _num(value)
+    if number is None:
+        return str(value)
+    if math.isinf(number):
+        return "∞" if number > 0 else "-∞"
+    return f"{number:.{digits}g}"
+
+
+def _block(audit: Mapping, key: str) -> Any:
+    value = audit.get(key) if isinstance(audit, Mapping) else None
+    return value if value not in (None, {}, []) else None
+
+
+def _get(mapping: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays, paths and other odd values in the audit dict, made JSON-able."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _img(fig: Figure, kind: str, alt: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        f'<img class="plot" data-plot="{_esc(kind)}" alt="{_esc(alt)}" '
+        f'src="data:image/png;base64,{data}">'
+    )
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _missing(key: str) -> str:
+    return _note(f'No "{key}" block in this audit: section skipped.')
+
+
+def _table(headers: list[str], rows: list[list[Any]], css: str = "") -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    cls = f' class="{_esc(css)}"' if css else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _kv_table(pairs: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>" for k, v in pairs)
+    return f'<table class="kv"><tbody>{body}</tbody></table>'
+
+
+# ----------------------------------------------------------------------------------------------
+# Verdict
+# ----------------------------------------------------------------------------------------------
+
+
+def _check(
+    checks: list[dict], name: str, severity: str, message: str, value: Any = None, limit: Any = None
+) -> None:
+    checks.append(
+        {"check": name, "severity": severity, "message": message, "value": value, "limit": limit}
+    )
+
+
+def verdict(audit: dict) -> dict:
+    """The verdict of an audit: headline numbers and the list of failed checks.
+
+    ``failed_checks`` entries have ``check``, ``severity`` (``"critical"`` for a bug: an empirical
+    epsilon lower bound above the claimed epsilon, or a ledger above its claim; ``"fail"``
+    otherwise), ``message``, ``value`` and ``limit``. ``not_checked`` names checks whose block was
+    missing. ``status`` is ``"fail"`` when any check failed, else ``"pass"``.
+    """
+    audit = audit if isinstance(audit, Mapping) else {}
+    claimed = _block(audit, "claimed") or {}
+    fidelity = _block(audit, "fidelity") or {}
+    utility = _block(audit, "utility") or {}
+    attack = _block(audit, "attack") or {}
+    ledgers = _block(audit, "ledgers") or {}
+    merchants = _block(audit, "merchants") or {}
+    failures = _block(audit, "failures") or []
+
+    claimed_eps = _num(_get(claimed, "epsilon"))
+    ledger_eps = {
+        name: _num(_get(ledger, "epsilon"))
+        for name, ledger in (ledgers.items() if isinstance(ledgers, Mapping) else [])
+    }
+    ledger_eps_max = max((e for e in ledger_eps.values() if e is not None), default=None)
+    reference_eps = claimed_eps if claimed_eps is not None else ledger_eps_max
+    reference_name = "claimed epsilon" if claimed_eps is not None else "largest ledger epsilon"
+
+    empirical = _num(_get(attack, "empirical_epsilon", "epsilon_lower_bound"))
+    out: dict[str, Any] = {
+        "epsilon": claimed_eps,
+        "delta": _num(_get(claimed, "delta")),
+        "ledger_epsilon_max": ledger_eps_max,
+        "quality": _num(_get(fidelity, "quality")),
+        "quality_all_pairs": _num(_get(fidelity, "quality_all_pairs")),
+        "diagnostic": _num(_get(fidelity, "diagnostic")),
+        "utility_metric": _get(utility, "metric"),
+        "tstr": _num(_get(utility, "tstr")),
+        "trtr": _num(_get(utility, "trtr")),
+        "utility_ratio": _num(_get(utility, "ratio")),
+        "attack_auc": _num(_get(attack, "auc")),
+        "empirical_epsilon_lower_bound": empirical,
+        "empirical_epsilon_confidence": _num(_get(attack, "empirical_epsilon", "confidence")),
+        "failures": len(failures) if isinstance(failures, list) else 0,
+    }
+    checks: list[dict] = []
+    not_checked: list[str] = []
+
+    # Privacy: the empirical lower bound must never exceed the claim (that is a bug somewhere).
+    def privacy_checks(who: str, block: Any) -> None:
+        lower = _num(_get(block, "empirical_epsilon", "epsilon_lower_bound"))
+        if (
+            lower is not None
+            and reference_eps is not None
+            and lower > reference_eps + EPSILON_TOLERANCE
+        ):
+            _check(
+                checks,
+                "empirical_epsilon_above_claim",
+                "critical",
+                f"BUG: {who}empirical epsilon lower bound {_fmt(lower)} exceeds the "
+                f"{reference_name} {_fmt(reference_eps)}: the privacy accounting or the "
+                "DP implementation is wrong.",
+                lower,
+                reference_eps,
+            )
+        auc = _num(_get(block, "auc"))
+        if auc is not None and auc > MAX_ATTACK_AUC:
+            _check(
+                checks,
+                "attack_auc",
+                "fail",
+                f"{who}membership attack AUC {_fmt(auc)} > {MAX_ATTACK_AUC}.",
+                auc,
+                MAX_ATTACK_AUC,
+            )
+
+    if attack:
+        privacy_checks("", attack)
+    else:
+        not_checked += ["empirical_epsilon_above_claim", "attack_auc"]
+    if reference_eps is None:
+        not_checked.append("claimed epsilon (no claimed epsilon nor ledger)")
+
+    if claimed_eps is not None:
+        for name, eps in ledger_eps.items():
+            if eps is not None and eps > claimed_eps + EPSILON_TOLERANCE:
+                _check(
+                    checks,
+                    "ledger_above_claim",
+                    "critical",
+                    f"BUG: ledger of {name} spent epsilon {_fmt(eps)} > claimed "
+                    f"{_fmt(claimed_eps)}.",
+                    eps,
+                    claimed_eps,
+                )
+
+    quality = out["quality"]
+    if quality is None:
+        not_checked.append("quality")
+    elif quality < MIN_QUALITY:
+        _check(
+            checks,
+            "quality",
+            "fail",
+            f"quality {_fmt(quality)} < {MIN_QUALITY}.",
+            quality,
+            MIN_QUALITY,
+        )
+
+    if isinstance(merchants, Mapping):
+        for name, block in merchants.items():
+            who = f"{name}: "
+            privacy_checks(who, _get(block, "attack"))
+            m_quality = _num(_get(block, "fidelity", "quality"))
+            if m_quality is not None and m_quality < MIN_QUALITY:
+                _check(
+                    checks,
+                    "quality",
+                    "fail",
+                    f"{who}quality {_fmt(m_quality)} < {MIN_QUALITY}.",
+                    m_quality,
+                    MIN_QUALITY,
+                )
+
+    for failure in failures if isinstance(failures, list) else []:
+        merchant = _get(failure, "merchant") or "?"
+        state = _get(failure, "state") or "failed"
+        round_ = _get(failure, "round")
+        reason = _get(failure, "reason") or ""
+        _check(
+            checks,
+            "merchant_failure",
+            "fail",
+            f"{merchant} {state} in round {_fmt(round_)}: {reason}",
+        )
+
+    out["failed_checks"] = checks
+    out["critical"] = any(c["severity"] == "critical" for c in checks)
+    out["not_checked"] = not_checked
+    out["status"] = "fail" if checks else "pass"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+def _verdict_box(v: dict) -> str:
+    def ratio_text() -> str:
+        if v["utility_ratio"] is None:
+            return "—"
+        return f"{_fmt(v['utility_ratio'])} (TSTR {_fmt(v['tstr'])} / TRTR {_fmt(v['trtr'])})"
+
+    def empirical_text() -> str:
+        if v["empirical_epsilon_lower_bound"] is None:
+            return "—"
+        conf = v["empirical_epsilon_confidence"]
+        conf_text = f" at {_fmt(conf)} confidence" if conf is not None else ""
+        return (
+            f"{_fmt(v['empirical_epsilon_lower_bound'])}{conf_text} "
+            f"(claimed ε {_fmt(v['epsilon'])})"
+        )
+
+    rows = [
+        ("ε (claimed)", _fmt(v["epsilon"])),
+        ("δ (claimed)", _fmt(v["delta"])),
+        ("ε spent (largest ledger)", _fmt(v["ledger_epsilon_max"])),
+        ("Quality", _fmt(v["quality"])),
+        ("Quality (all pairs)", _fmt(v["quality_all_pairs"])),
+        ("Utility ratio TSTR/TRTR", ratio_text()),
+        ("Attack AUC", _fmt(v["attack_auc"])),
+        ("Empirical ε lower bound", empirical_text()),
+    ]
+    body = "".join(
+        f'<tr><th>{_esc(k)}</th><td class="value">{_esc(val)}</td></tr>' for k, val in rows
+    )
+    status = v["status"]
+    if v["critical"]:
+        headline = '<p class="status critical">BUG — critical check failed</p>'
+    elif status == "fail":
+        headline = '<p class="status fail">FAILED CHECKS</p>'
+    else:
+        headline = '<p class="status pass">All checks passed</p>'
+    items = "".join(
+        f'<li class="{_esc(c["severity"])}">{_esc(c["message"])}</li>' for c in v["failed_checks"]
+    )
+    failed = (
+        f'<h3>Failed checks ({len(v["failed_checks"])})</h3><ul class="checks">{items}</ul>'
+        if items
+        else "<p>Failed checks: none.</p>"
+    )
+    not_checked = (
+        _note("Not checked (block missing): " + ", ".join(v["not_checked"]))
+        if v["not_checked"]
+        else ""
+    )
+    css = "critical" if v["critical"] else status
+    return (
+        f'<section id="verdict" class="verdict {css}"><h2>Verdict</h2>{headline}'
+        f'<table class="kv"><tbody>{body}</tbody></table>{failed}{not_checked}</section>'
+    )
+
+
+def _privacy_section(audit: dict) -> str:
+    parts = ["<h2>Privacy budget</h2>"]
+    claimed = _block(audit, "claimed")
+    if claimed:
+        parts.append(
+            _kv_table([("ε claimed", _get(claimed, "epsilon")), ("δ", _get(claimed, "delta"))])
+        )
+    else:
+        parts.append(_missing("claimed"))
+
+    rounds = _block(audit, "rounds")
+    parts.append("<h3>ε spent per round</h3>")
+    if rounds:
+        parts.append(
+            _section_or_note(
+                "epsilon per round", lambda: _epsilon_plot(rounds, _num(_get(claimed, "epsilon")))
+            )
+        )
+    else:
+        parts.append(_missing("rounds"))
+
+    ledgers = _block(audit, "ledgers")
+    parts.append("<h3>Ledgers (mechanisms per merchant)</h3>")
+    if ledgers:
+        parts.append(_section_or_note("ledgers", lambda: _ledger_tables(ledgers)))
+    else:
+        parts.append(_missing("ledgers"))
+    return '<section id="privacy">' + "".join(parts) + "</section>"
+
+
+def _epsilon_plot(rounds: list, claimed: float | None) -> str:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for index, entry in enumerate(rounds, start=1):
+        round_no = _num(_get(entry, "round"))
+        round_no = float(index) if round_no is None else round_no
+        for merchant, eps in (_get(entry, "epsilon") or {}).items():
+            eps_value = _num(eps)
+            if eps_value is not None:
+                series.setdefault(str(merchant), []).append((round_no, eps_value))
+    if not series:
+        return _note("The rounds block holds no per-merchant epsilon.")
+    fig = _figure(8, 4)
+    ax = fig.add_subplot()
+    for merchant in sorted(series):
+        points = sorted(series[merchant])
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=merchant)
+    if claimed is not None and math.isfinite(claimed):
+        ax.axhline(claimed, color="red", linestyle="--", label=f"claimed ε {_fmt(claimed)}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative ε spent")
+    ax.set_title("ε spent per round, per merchant")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncols=max(1, math.ceil(len(series) / 10)))
+    return _img(fig, "epsilon-rounds", "epsilon spent per round per merchant")
+
+
+def _ledger_tables(ledgers: Mapping) -> str:
+    parts = []
+    for merchant in sorted(ledgers):
+        ledger = ledgers[merchant] or {}
+        parts.append(
+            f"<h4>{_esc(merchant)}: ε {_esc(_fmt(_get(ledger, 'epsilon')))}, "
+            f"δ {_esc(_fmt(_get(ledger, 'delta')))}</h4>"
+        )
+        records = _get(ledger, "records") or []
+        rows = [
+            [
+                _get(r, "label"),
+                _get(r, "noise_multiplier"),
+                _get(r, "sample_rate"),
+                _get(r, "steps"),
+            ]
+            for r in records
+        ]
+        parts.append(
+            _table(["mechanism", "noise multiplier", "sample rate", "steps"], rows)
+            if rows
+            else _note("No mechanism records.")
+        )
+    return "".join(parts)
+
+
+def _fidelity_section(audit: dict) -> str:
+    parts = ["<h2>Fidelity</h2>"]
+    fidelity = _block(audit, "fidelity")
+    if not fidelity:
+        return '<section id="fidelity">' + parts[0] + _missing("fidelity") + "</section>"
+    parts.append(
+        _kv_table(
+            [
+                ("Quality", _get(fidelity, "quality")),
+                ("Quality (all pairs)", _get(fidelity, "quality_all_pairs")),
+                ("Diagnostic", _get(fidelity, "diagnostic")),
+            ]
+        )
+    )
+    shapes = _get(fidelity, "column_shapes")
+    if isinstance(shapes, Mapping) and shapes:
+        parts.append("<h3>Column shapes</h3>")
+        parts.append(_table(["column", "score"], [[k, shapes[k]] for k in sorted(shapes)]))
+    distributions = _get(fidelity, "distributions")
+    parts.append("<h3>Real vs synthetic distributions</h3>")
+    if isinstance(distributions, Mapping) and distributions:
+        parts.append(_section_or_note("distributions", lambda: _distribution_grid(distributions)))
+    else:
+        parts.append(_note('No "distributions" in the fidelity block: plots skipped.'))
+    trends = _get(fidelity, "pair_trends")
+    parts.append("<h3>Pair trends</h3>")
+    if isinstance(trends, Mapping) and trends:
+        parts.append(_section_or_note("pair trends", lambda: _pair_trend_heatmap(trends)))
+    else:
+        parts.append(_note('No "pair_trends" in the fidelity block: heatmap skipped.'))
+    return '<section id="fidelity">' + "".join(parts) + "</section>"
+
+
+def _distribution_grid(distributions: Mapping) -> str:
+    names = list(distributions)
+    note = ""
+    if len(names) > MAX_DISTRIBUTION_PLOTS:
+        note = _note(f"Showing {MAX_DISTRIBUTION_PLOTS} of {len(names)} columns.")
+        names = names[:MAX_DISTRIBUTION_PLOTS]
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = _figure(4.2 * ncols, 3.2 * nrows)
+    for index, name in enumerate(names, start=1):
+        ax = fig.add_subplot(nrows, ncols, index)
+        spec = distributions[name] or {}
+        real = [_num(x) or 0.0 for x in spec.get("real") or []]
+        synth = [_num(x) or 0.0 for x in spec.get("synthetic") or []]
+        if spec.get("kind") == "numeric" and not spec.get("edges"):
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        elif spec.get("kind") == "numeric":
+            edges = [float(e) for e in spec["edges"]]
+            if len(real) == len(edges) - 1:
+                ax.stairs(real, edges, fill=True, alpha=0.45, label="real", color="C0")
+            if len(synth) == len(edges) - 1:
+                ax.stairs(synth, edges, linewidth=2, label="synthetic", color="C1")
+        else:
+            labels = [str(x) for x in spec.get("labels") or []]
+            order = sorted(range(len(labels)), key=lambda i: -(real[i] if i < len(real) else 0))
+            order = sorted(order[:MAX_CATEGORIES])
+            xs = list(range(len(order)))
+            ax.bar(
+                [x - 0.2 for x in xs],
+                [real[i] if i < len(real) else 0 for i in order],
+                width=0.4,
+                label="real",
+                color="C0",
+            )
+            ax.bar(
+                [x + 0.2 for x in xs],
+                [synth[i] if i < len(synth) else 0 for i in order],
+                width=0.4,
+                label="synthetic",
+                color="C1",
+            )
+            ax.set_xticks(xs, [labels[i][:12] for i in order], rotation=60, fontsize=7)
+        ax.set_title(str(name), fontsize=9)
+        ax.set_ylabel("share", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if index == 1:
+            ax.legend(fontsize=7)
+    return note + _img(fig, "distributions", "real vs synthetic distributions per column")
+
+
+def _pair_trend_heatmap(trends: Mapping) -> str:
+    columns: list[str] = []
+    cells: dict[tuple[str, str], float] = {}
+    for key, score in trends.items():
+        left, _, right = str(key).partition("|")
+        value = _num(score)
+        if not right or value is None:
+            continue
+        for column in (left, right):
+            if column not in columns:
+                columns.append(column)
+        cells[(left, right)] = cells[(right, left)] = value
+    if not cells:
+        return _note("No pair-trend scores to draw.")
+    columns.sort()
+    n = len(columns)
+    matrix = [
+        [cells.get((a, b), math.nan) if a != b else math.nan for b in columns] for a in columns
+    ]
+    size = min(12.0, 2.5 + 0.55 * n)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(n), columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), columns, fontsize=8)
+    if n <= 14:
+        for i in range(n):
+            for j in range(n):
+                if not math.isnan(matrix[i][j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{matrix[i][j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if matrix[i][j] < 0.6 else "black",
+                    )
+    fig.colorbar(image, ax=ax, label="pair trend score (1 = same as real)")
+    ax.set_title("Column pair trends (blank: pair not scored)")
+    return _img(fig, "pair-trends", "pair trend heatmap")
+
+
+def _utility_section(audit: dict) -> str:
+    utility = _block(audit, "utility")
+    body = (
+        _kv_table(
+            [
+                ("Target", _get(utility, "target")),
+                ("Task", _get(utility, "task")),
+                ("Metric", _get(utility, "metric")),
+                ("TSTR (train synthetic, test real)", _get(utility, "tstr")),
+                ("TRTR (train real, test real)", _get(utility, "trtr")),
+                ("Ratio TSTR/TRTR", _get(utility, "ratio")),
+            ]
+        )
+        if utility
+        else _missing("utility")
+    )
+    return f'<section id="utility"><h2>Utility</h2>{body}</section>'
+
+
+def _attack_section(audit: dict) -> str:
+    attack = _block(audit, "attack")
+    head = '<section id="attack"><h2>Membership inference attack</h2>'
+    if not attack:
+        return head + _missing("attack") + "</section>"
+    empirical = _get(attack, "empirical_epsilon") or {}
+    pairs = [
+        ("Method", _get(attack, "method")),
+        ("AUC", _get(attack, "auc")),
+        (
+            "Members / non-members",
+            f"{_fmt(_get(attack, 'members'))} / {_fmt(_get(attack, 'nonmembers'))}",
+        ),
+    ]
+    tpr = _get(attack, "tpr_at_fpr") or {}
+    pairs += [(f"TPR at FPR {k}", tpr[k]) for k in tpr]
+    pairs += [
+        ("Empirical ε lower bound", _get(empirical, "epsilon_lower_bound")),
+        ("Confidence", _get(empirical, "confidence")),
+        ("TPR lower bound", _get(empirical, "tpr_lower")),
+        ("FPR upper bound", _get(empirical, "fpr_upper")),
+    ]
+    parts = [head, _kv_table(pairs)]
+    roc = _get(attack, "roc")
+    if isinstance(roc, Mapping) and roc.get("fpr") and roc.get("tpr"):
+        merchants = _block(audit, "merchants") or {}
+        parts.append(_section_or_note("ROC", lambda: _roc_plot(attack, merchants)))
+    else:
+        parts.append(_note('No "roc" curve in the attack block: plot skipped.'))
+    return "".join(parts) + "</section>"
+
+
+def _roc_plot(attack: Mapping, merchants: Mapping) -> str:
+    fig = _figure(5.5, 5.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random guess")
+    for name in sorted(merchants) if isinstance(merchants, Mapping) else []:
+        roc = _get(merchants[name], "attack", "roc")
+        if isinstance(roc, Mapping) and roc.get("fpr") and roc.get("tpr"):
+            ax.plot(roc["fpr"], roc["tpr"], linewidth=0.8, alpha=0.5, label=str(name))
+    roc = attack["roc"]
+    ax.plot(
+        roc["fpr"],
+        roc["tpr"],
+        color="black",
+        linewidth=2,
+        label=f"pooled (AUC {_fmt(_get(attack, 'auc'), 3)})",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"Membership attack ROC ({_get(attack, 'method') or 'attack'})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    return _img(fig, "roc", "membership attack ROC curve with the diagonal")
+
+
+def _heuristics_section(audit: dict) -> str:
+    heuristics = _block(audit, "heuristics")
+    head = (
+        '<section id="heuristics"><h2>Distance-based heuristics</h2>'
+        f'<p class="warning">{_esc(HEURISTIC_NOTE)}</p>'
+    )
+    if not heuristics:
+        return head + _missing("heuristics") + "</section>"
+    rows = []
+    for name in sorted(heuristics):
+        if name == "dcr_histogram":
+            continue
+        block = heuristics[name]
+        if isinstance(block, Mapping):
+            value = block.get("score", block.get("skipped"))
+            rows.append([name, value, "heuristic" if block.get("heuristic", True) else ""])
+        else:
+            rows.append([name, block, "heuristic"])
+    parts = [head]
+    if rows:
+        parts.append(_table(["metric", "score / status", "kind"], rows))
+    histogram = heuristics.get("dcr_histogram")
+    parts.append("<h3>Distance to closest record (heuristic)</h3>")
+    if isinstance(histogram, Mapping) and histogram.get("edges"):
+        parts.append(_section_or_note("DCR histogram", lambda: _dcr_plot(histogram)))
+    else:
+        parts.append(_note('No "dcr_histogram" in the heuristics block: plot skipped.'))
+    return "".join(parts) + "</section>"
+
+
+def _dcr_plot(histogram: Mapping) -> str:
+    edges = [float(e) for e in histogram["edges"]]
+    fig = _figure(8, 4)
+    ax = fig.add_subplot()
+    for key, label, color in (
+        ("synthetic_to_train", "synthetic → train", "C3"),
+        ("synthetic_to_holdout", "synthetic → holdout", "C2"),
+    ):
+        counts = [_num(c) or 0.0 for c in histogram.get(key) or []]
+        if len(counts) == len(edges) - 1:
+            ax.stairs(counts, edges, linewidth=2, label=label, color=color)
+    ax.set_xlabel("distance to closest record")
+    ax.set_ylabel("synthetic rows")
+    ax.set_title("DCR: train vs holdout (heuristic, not a guarantee)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _img(fig, "dcr-histogram", "DCR histogram, synthetic to train vs holdout")
+
+
+def _merchants_section(audit: dict) -> str:
+    merchants = _block(audit, "merchants")
+    head = '<section id="merchants"><h2>Per merchant</h2>'
+    if not merchants:
+        return head + _note('No "merchants" block (not a federated audit): skipped.') + "</section>"
+    ledgers = _block(audit, "ledgers") or {}
+    rows = []
+    for name in sorted(merchants):
+        block = merchants[name] or {}
+        rows.append(
+            [
+                name,
+                _get(ledgers, name, "epsilon"),
+                _get(block, "fidelity", "quality"),
+                _get(block, "fidelity", "quality_all_pairs"),
+                _get(block, "utility", "ratio"),
+                _get(block, "attack", "auc"),
+                _get(block, "attack", "empirical_epsilon", "epsilon_lower_bound"),
+                _get(block, "heuristics", "dcr_baseline_protection", "score"),
+                _get(block, "heuristics", "dcr_overfitting_protection", "score"),
+            ]
+        )
+    table = _table(
+        [
+            "merchant",
+            "ε spent",
+            "quality",
+            "quality (all pairs)",
+            "utility ratio",
+            "attack AUC",
+            "empirical ε lower bound",
+            "DCR baseline (heuristic)",
+            "DCR overfitting (heuristic)",
+        ],
+        rows,
+    )
+    return head + table + "</section>"
+
+
+def _failures_section(audit: dict) -> str:
+    failures = _block(audit, "failures")
+    head = '<section id="failures"><h2>Merchant failures and refusals</h2>'
+    if not failures:
+        return head + "<p>None recorded.</p></section>"
+    rows = [
+        [_get(f, "round"), _get(f, "merchant"), _get(f, "state"), _get(f, "reason")]
+        for f in failures
+    ]
+    return head + _table(["round", "merchant", "state", "reason"], rows, "failures") + "</section>"
+
+
+def _timings_section(audit: dict) -> str:
+    seconds = _block(audit, "seconds")
+    if not isinstance(seconds, Mapping):
+        return ""
+    return (
+        '<section id="timings"><h2>Timings (seconds)</h2>'
+        + _kv_table([(k, seconds[k]) for k in seconds])
+        + "</section>"
+    )
+
+
+def _section_or_note(name: str, build: Callable[[], str]) -> str:
+    """Render a section; a malformed block gives a note, not a crash."""
+    try:
+        return build()
+    except Exception as error:
+        logger.exception("report: could not render %s", name)
+        return _note(f"The {name} section could not be rendered: {type(error).__name__}: {error}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Page
+# ----------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       background: #f4f5f7; color: #1d2330; }
+main { max-width: 1200px; margin: 0 auto; padding: 1.5rem; }
+h1 { margin: 0 0 .3rem 0; }
+section { background: #fff; border-radius: 8px; padding: 1rem 1.4rem; margin: 1rem 0;
+          box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+.verdict.pass { border-left: 8px solid #2e9d4f; }
+.verdict.fail { border-left: 8px solid #d98a00; }
+.verdict.critical { border-left: 8px solid #c0152f; background: #fff3f4; }
+.status { font-size: 1.3rem; font-weight: 700; margin: .2rem 0 .6rem 0; }
+.status.pass { color: #2e7d32; } .status.fail { color: #b36b00; }
+.status.critical { color: #fff; background: #c0152f; padding: .4rem .8rem; border-radius: 4px; }
+ul.checks li { margin: .25rem 0; }
+ul.checks li.critical { color: #c0152f; font-weight: 700; }
+ul.checks li.fail { color: #8a4b00; }
+table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
+th, td { border: 1px solid #d6d9de; padding: .25rem .6rem; text-align: left;
+         vertical-align: top; }
+thead th { background: #eceef2; }
+tbody td:first-child { white-space: nowrap; }
+table.kv th { background: #f6f7f9; font-weight: 600; }
+td.value { font-variant-numeric: tabular-nums; font-weight: 600; }
+table.failures td:last-child { font-family: ui-monospace, monospace; font-size: .8rem;
+                               word-break: break-word; }
+.note { color: #5b6270; font-style: italic; }
+.warning { background: #fff8e1; border: 1px solid #f0c36d; padding: .5rem .8rem;
+           border-radius: 4px; }
+img.plot { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
+.meta { color: #5b6270; font-size: .85rem; }
+"""
+
+
+def render_html(audit: dict, *, title: str = "fedsynth audit") -> str:
+    """The self-contained HTML report of ``audit`` (no network resources)."""
+    audit = audit if isinstance(audit, Mapping) else {}
+    v = verdict(audit)
+    generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    sections = [
+        _verdict_box(v),
+        _section_or_note("privacy", lambda: _privacy_section(audit)),
+        _section_or_note("fidelity", lambda: _fidelity_section(audit)),
+        _section_or_note("utility", lambda: _utility_section(audit)),
+        _section_or_note("attack", lambda: _attack_section(audit)),
+        _section_or_note("heuristics", lambda: _heuristics_section(audit)),
+        _section_or_note("merchants", lambda: _merchants_section(audit)),
+        _section_or_note("failures", lambda: _failures_section(audit)),
+        _section_or_note("timings", lambda: _timings_section(audit)),
+    ]
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head>"
+        f'<body><main><h1>{_esc(title)}</h1><p class="meta">Generated {_esc(generated)}.</p>'
+        + "\n".join(sections)
+        + "</main></body></html>\n"
+    )
+
+
+def write_report(
+    audit: dict, out_dir: str | Path, *, title: str = "fedsynth audit"
+) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` into ``out_dir`` (created if needed).
+
+    ``report.json`` holds ``{"title", "verdict", "audit"}`` with the audit's numbers unchanged
+    (numpy values converted; non-finite floats as JSON ``Infinity``/``NaN``, which Python reads).
+    Returns ``(html_path, json_path)``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html_path, json_path = out / "report.html", out / "report.json"
+    v = verdict(audit)
+    json_path.write_text(
+        json.dumps({"title": title, "verdict": v, "audit": audit}, indent=2, default=_json_default),
+        encoding="utf-8",
+    )
+    html_path.write_text(render_html(audit, title=title), encoding="utf-8")
+    logger.info(
+        "report: wrote %s and %s (verdict %s, %d failed checks)",
+        html_path,
+        json_path,
+        v["status"],
+        len(v["failed_checks"]),
+    )
+    return html_path, json_path

@@ -1,0 +1,429 @@
+"""Tests of the audit report (privacy/report.py): files, JSON round trip, verdict checks,
+self-contained HTML (no network), escaping, missing blocks, and a headless Chromium render."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from privacy.report import render_html, verdict, write_report
+
+PLOT_KINDS = ("epsilon-rounds", "distributions", "pair-trends", "roc", "dcr-histogram")
+IMG_RE = re.compile(r'<img [^>]*data-plot="([a-z-]+)"[^>]*src="data:image/png;base64,([^"]+)"')
+
+
+def _roc(rng: np.random.Generator, n: int = 100) -> dict:
+    fpr = np.linspace(0, 1, n)
+    tpr = np.clip(fpr + rng.normal(0, 0.01, n), 0, 1)
+    tpr[0], tpr[-1] = 0.0, 1.0
+    return {"fpr": fpr.round(4).tolist(), "tpr": np.maximum.accumulate(tpr).round(4).tolist()}
+
+
+def _shares(rng: np.random.Generator, n: int) -> list[float]:
+    share = rng.dirichlet(np.ones(n))
+    return share.round(5).tolist()
+
+
+def make_audit(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    merchants = [f"merchant-{i}" for i in range(3)]
+    columns = ["month", "size", "type", "name", "price", "hour"]
+    ledgers = {
+        m: {
+            "epsilon": 0.99 - 0.01 * i,
+            "delta": 1e-05,
+            "records": [
+                {
+                    "label": "encoder-statistics",
+                    "noise_multiplier": 34.2,
+                    "sample_rate": 1.0,
+                    "steps": 1,
+                },
+                {"label": "dp-sgd", "noise_multiplier": 6.05, "sample_rate": 0.107, "steps": 180},
+            ],
+        }
+        for i, m in enumerate(merchants)
+    }
+    rounds = [
+        {
+            "round": r,
+            "epsilon": {
+                m: round(0.32 + 0.067 * (r - 1) + 0.01 * i, 4) for i, m in enumerate(merchants)
+            },
+        }
+        for r in range(1, 11)
+    ]
+    price_edges = np.linspace(9.0, 39.0, 21).round(3).tolist()
+    distributions = {
+        "size": {
+            "kind": "categorical",
+            "labels": ["S", "M", "L", "XL", "XXL"],
+            "real": _shares(rng, 5),
+            "synthetic": _shares(rng, 5),
+        },
+        "type": {
+            "kind": "categorical",
+            "labels": ["classic", "veggie", "supreme", "chicken"],
+            "real": _shares(rng, 4),
+            "synthetic": _shares(rng, 4),
+        },
+        "month": {
+            "kind": "categorical",
+            "labels": [str(m) for m in range(1, 13)],
+            "real": _shares(rng, 12),
+            "synthetic": _shares(rng, 12),
+        },
+        "price": {
+            "kind": "numeric",
+            "edges": price_edges,
+            "real": _shares(rng, 20),
+            "synthetic": _shares(rng, 20),
+        },
+        "hour": {
+            "kind": "numeric",
+            "edges": np.linspace(9, 24, 21).round(3).tolist(),
+            "real": _shares(rng, 20),
+            "synthetic": _shares(rng, 20),
+        },
+    }
+    pair_trends = {
+        f"{a}|{b}": round(float(rng.uniform(0.3, 1.0)), 4)
+        for i, a in enumerate(columns)
+        for b in columns[i + 1 :]
+    }
+
+    def attack_block(auc: float) -> dict:
+        return {
+            "method": "distance",
+            "auc": auc,
+            "tpr_at_fpr": {"0.001": 0.001, "0.01": 0.011, "0.1": 0.1},
+            "roc": _roc(rng),
+            "members": 5000,
+            "nonmembers": 5000,
+            "empirical_epsilon": {
+                "epsilon_lower_bound": 0.0,
+                "confidence": 0.95,
+                "tpr_lower": 0.0,
+                "fpr_upper": 0.01,
+            },
+        }
+
+    heuristics = {
+        "dcr_baseline_protection": {"score": 0.9, "heuristic": True},
+        "dcr_overfitting_protection": {"score": 0.95, "heuristic": True},
+        "disclosure_protection": {"skipped": "no sensitive columns declared", "heuristic": True},
+        "dcr_histogram": {
+            "edges": np.linspace(0, 2, 21).round(3).tolist(),
+            "synthetic_to_train": rng.integers(0, 500, 20).tolist(),
+            "synthetic_to_holdout": rng.integers(0, 500, 20).tolist(),
+            "heuristic": True,
+        },
+    }
+    return {
+        "claimed": {"epsilon": 0.9999, "delta": 1e-05},
+        "ledgers": ledgers,
+        "rounds": rounds,
+        "fidelity": {
+            "quality": 0.6412,
+            "quality_all_pairs": 0.8023,
+            "diagnostic": 1.0,
+            "column_shapes": {c: round(float(rng.uniform(0.7, 1.0)), 4) for c in columns},
+            "pair_trends": pair_trends,
+            "distributions": distributions,
+        },
+        "utility": {
+            "target": "type",
+            "task": "classification",
+            "metric": "macro_f1",
+            "tstr": 0.4071,
+            "trtr": 0.9912,
+            "ratio": 0.4107,
+        },
+        "attack": attack_block(0.5123),
+        "heuristics": heuristics,
+        "merchants": {
+            m: {
+                "fidelity": {"quality": 0.61 + 0.01 * i, "quality_all_pairs": 0.79},
+                "utility": {"ratio": 0.38 + 0.01 * i},
+                "attack": attack_block(0.505 + 0.002 * i),
+                "heuristics": {"dcr_baseline_protection": {"score": 0.88, "heuristic": True}},
+            }
+            for i, m in enumerate(merchants)
+        },
+        "failures": [],
+        "seconds": {"fidelity": 3.1, "utility": 5.4, "attack": 2.2},
+    }
+
+
+def _numbers(value, path=()):
+    """Every number in a nested structure, keyed by its path."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_numbers(v, (*path, k)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_numbers(v, (*path, i)))
+        return out
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {path: value}
+    return {}
+
+
+def _images(html: str) -> dict[str, list[bytes]]:
+    found: dict[str, list[bytes]] = {}
+    for kind, data in IMG_RE.findall(html):
+        found.setdefault(kind, []).append(base64.b64decode(data, validate=True))
+    return found
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[dict, Path, Path]:
+    audit = make_audit()
+    html_path, json_path = write_report(audit, tmp_path_factory.mktemp("report") / "out")
+    return audit, html_path, json_path
+
+
+def test_write_report_writes_both_files(written):
+    _, html_path, json_path = written
+    assert html_path.name == "report.html" and html_path.stat().st_size > 10_000
+    assert json_path.name == "report.json" and json_path.stat().st_size > 1_000
+
+
+def test_json_round_trips_every_number_and_has_verdict(written):
+    audit, _, json_path = written
+    stored = json.loads(json_path.read_text(encoding="utf-8"))
+    expected = _numbers(audit)
+    assert len(expected) > 500
+    assert _numbers(stored["audit"]) == expected
+    assert stored["audit"] == audit
+    assert stored["verdict"] == json.loads(json.dumps(verdict(audit)))
+    assert stored["verdict"]["status"] == "pass"
+
+
+def test_verdict_of_a_good_audit():
+    v = verdict(make_audit())
+    assert v["epsilon"] == 0.9999 and v["delta"] == 1e-05
+    assert v["quality"] == 0.6412 and v["quality_all_pairs"] == 0.8023
+    assert v["utility_ratio"] == 0.4107 and v["attack_auc"] == 0.5123
+    assert v["empirical_epsilon_lower_bound"] == 0.0
+    assert v["ledger_epsilon_max"] == 0.99
+    assert v["failed_checks"] == [] and v["status"] == "pass" and not v["critical"]
+
+
+def test_html_shows_verdict_values_and_one_image_per_plot_kind(written):
+    _, html_path, _ = written
+    html = html_path.read_text(encoding="utf-8")
+    verdict_box = html[html.index('id="verdict"') : html.index('id="privacy"')]
+    for text in ("0.9999", "1e-05", "0.6412", "0.8023", "0.4107", "0.5123", "All checks passed"):
+        assert text in verdict_box, text
+    images = _images(html)
+    assert sorted(images) == sorted(PLOT_KINDS)
+    for kind in PLOT_KINDS:
+        assert len(images[kind]) == 1, kind
+        png = images[kind][0]
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000, kind
+    assert html.count("<img ") == len(PLOT_KINDS)
+    assert "could not be rendered" not in html
+    assert "heuristics, not privacy guarantees" in html
+
+
+def test_html_references_no_network_resources(written):
+    _, html_path, _ = written
+    html = html_path.read_text(encoding="utf-8").lower()
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+    for match in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert match.startswith("data:image/png;base64,"), match[:80]
+
+
+def test_empirical_epsilon_above_claim_fails_loudly():
+    audit = make_audit()
+    audit["claimed"]["epsilon"] = 0.5
+    audit["ledgers"] = {m: {**b, "epsilon": 0.45} for m, b in audit["ledgers"].items()}
+    audit["attack"]["empirical_epsilon"]["epsilon_lower_bound"] = 0.8
+    v = verdict(audit)
+    assert v["status"] == "fail" and v["critical"]
+    [check] = [c for c in v["failed_checks"] if c["check"] == "empirical_epsilon_above_claim"]
+    assert check["severity"] == "critical" and check["value"] == 0.8 and check["limit"] == 0.5
+    html = render_html(audit, title="t")
+    assert "BUG" in html[html.index('id="verdict"') : html.index('id="privacy"')]
+
+
+def test_equal_empirical_and_claimed_epsilon_passes():
+    audit = make_audit()
+    audit["attack"]["empirical_epsilon"]["epsilon_lower_bound"] = 0.9999
+    assert verdict(audit)["failed_checks"] == []
+
+
+def test_other_failed_checks():
+    audit = make_audit()
+    audit["attack"]["auc"] = 0.75
+    audit["fidelity"]["quality"] = 0.42
+    audit["ledgers"]["merchant-1"]["epsilon"] = 1.3
+    audit["merchants"]["merchant-2"]["attack"]["auc"] = 0.7
+    audit["failures"] = [
+        {"round": 0, "merchant": "merchant-3", "state": "refused", "reason": "budget exhausted"}
+    ]
+    v = verdict(audit)
+    names = sorted(c["check"] for c in v["failed_checks"])
+    assert names == sorted(
+        ["attack_auc", "attack_auc", "quality", "ledger_above_claim", "merchant_failure"]
+    )
+    assert v["critical"]  # the ledger spent more than claimed
+    assert any("merchant-3 refused in round 0" in c["message"] for c in v["failed_checks"])
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "attack",
+        "fidelity",
+        "utility",
+        "heuristics",
+        "rounds",
+        "ledgers",
+        "merchants",
+        "claimed",
+        "seconds",
+    ],
+)
+def test_missing_block_gives_a_note_not_a_crash(tmp_path, missing):
+    audit = make_audit()
+    del audit[missing]
+    html_path, json_path = write_report(audit, tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    assert "could not be rendered" not in html
+    if missing in ("merchants", "seconds"):
+        return
+    assert f"No &quot;{missing}&quot; block in this audit: section skipped." in html
+    if missing == "attack":
+        v = json.loads(json_path.read_text())["verdict"]
+        assert v["attack_auc"] is None and "attack_auc" in v["not_checked"]
+        assert "roc" not in _images(html)
+
+
+def test_empty_audit_renders():
+    html = render_html({}, title="empty")
+    assert "<title>empty</title>" in html and "<img" not in html
+    assert verdict({})["status"] == "pass"
+
+
+def test_malformed_block_gives_a_note(caplog):
+    audit = make_audit()
+    audit["fidelity"]["distributions"]["hour"] = {
+        "kind": "numeric",
+        "edges": [],
+        "real": [],
+        "synthetic": [],
+    }  # an all-missing column: drawn as "no data"
+    assert "could not be rendered" not in render_html(audit, title="t")
+    audit["fidelity"]["distributions"]["price"]["edges"] = ["x", "y"]
+    html = render_html(audit, title="t")
+    assert "distributions section could not be rendered" in html
+    assert "roc" in _images(html)  # the other sections still render
+
+
+def test_text_is_escaped():
+    audit = make_audit()
+    evil = "<script>alert('x')</script>"
+    audit["failures"] = [
+        {
+            "round": 0,
+            "merchant": "merchant-3",
+            "state": "failed",
+            "reason": f"bad input: file {evil} column 'price': missing",
+        }
+    ]
+    audit["merchants"][evil] = {"fidelity": {"quality": 0.7}}
+    html = render_html(audit, title=f"audit {evil}")
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    v = verdict(audit)
+    assert any(evil in c["message"] for c in v["failed_checks"])
+
+
+def test_numpy_values_are_written(tmp_path):
+    audit = make_audit()
+    audit["utility"]["tstr"] = np.float64(0.25)
+    audit["attack"]["members"] = np.int64(5000)
+    audit["heuristics"]["dcr_histogram"]["synthetic_to_train"] = np.arange(20)
+    _, json_path = write_report(audit, tmp_path)
+    stored = json.loads(json_path.read_text())
+    assert stored["audit"]["utility"]["tstr"] == 0.25
+    assert stored["audit"]["attack"]["members"] == 5000
+    assert stored["audit"]["heuristics"]["dcr_histogram"]["synthetic_to_train"] == list(range(20))
+
+
+# ----------------------------------------------------------------------------------------------
+# Headless Chromium: the page loads from file:// without errors and shows the report
+# ----------------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _chromium(user_data: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={user_data}",
+            "--enable-logging=stderr",
+            "--v=0",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_report_in_headless_chromium(tmp_path):
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        pytest.skip("chromium not installed: apt-get install chromium")
+    audit = make_audit()
+    audit["failures"] = [
+        {
+            "round": 0,
+            "merchant": "merchant-3",
+            "state": "failed",
+            "reason": "bad input: <script>alert(1)</script> column 'price': missing",
+        }
+    ]
+    html_path, _ = write_report(audit, tmp_path / "out")
+    url = html_path.resolve().as_uri()
+
+    dom = _chromium(tmp_path / "profile-dom", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'id="verdict"' in dom.stdout and "0.9999" in dom.stdout and "0.5123" in dom.stdout
+    assert "FAILED CHECKS" in dom.stdout
+    assert len(IMG_RE.findall(dom.stdout)) == len(PLOT_KINDS)
+    assert "<script>alert" not in dom.stdout
+    for line in dom.stderr.splitlines():
+        assert "Uncaught" not in line, line
+        assert not ("CONSOLE" in line and "error" in line.lower()), line
+
+    shot = tmp_path / "shot.png"
+    run = _chromium(
+        tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2000", url
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 50_000
+    assert shot.read_bytes().startswith(b"\x89PNG")
