@@ -57,11 +57,7 @@ def _append_jsonl(path: Path, entry: dict) -> None:
 
 def run_federation(grid: Grid, config: FederationConfig) -> Path:
     """Run (or resume) a whole federation; returns the artifact path."""
-    run_dir = (
-        config.resolve(config.run_dir)
-        if not Path(config.run_dir).is_absolute()
-        else Path(config.run_dir)
-    )
+    run_dir = config.resolve(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     artifact = run_dir / ARTIFACT
     metadata = load_metadata(config.resolve(config.metadata_path))
