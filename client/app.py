@@ -58,7 +58,8 @@ def merchant_name(context: Context) -> str:
     return f"node-{context.node_id}"
 
 
-def _setting(context: Context, key: str, default: str | None) -> str | None:
+def _setting(context: Context, key: str, default: object = None) -> str | None:
+    """Node config first (a merchant's own settings), then run config, then ``default``."""
     value = context.node_config.get(key) or context.run_config.get(key) or default
     return str(value) if value else None
 
@@ -115,11 +116,7 @@ def make_client_app(
             schema = TableSchema.from_dict(config["schema"])
             source = table_path(context)
             table = load_merchant_table(source, schema)
-            fraction = float(
-                context.node_config.get("holdout-fraction")
-                or context.run_config.get("holdout-fraction")
-                or holdout_fraction
-            )
+            fraction = float(_setting(context, "holdout-fraction", holdout_fraction) or 0.0)
             # The holdout is never trained on: the audit's non-members.
             table, holdout = holdout_split(table, fraction, seed=_seed(merchant, "holdout"))
             state = load_state(merchant, node_state=context.state, path=path)

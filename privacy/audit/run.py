@@ -12,6 +12,8 @@ from privacy.audit.fidelity import fidelity
 from privacy.audit.heuristics import DCR_SYNTHETIC_ROWS, heuristics
 from privacy.audit.utility import utility
 
+MIN_HOLDOUT_ROWS = 2
+
 
 def audit_table(
     train_real: pd.DataFrame,
@@ -41,44 +43,50 @@ def audit_table(
         seconds[name] = round(time.perf_counter() - start, 3)
 
     timed("fidelity", fidelity, train_real, synthetic, metadata, table_name)
-    if target is None:
-        out["utility"] = {"skipped": "no target column"}
+    if len(holdout_real) < MIN_HOLDOUT_ROWS:
+        # Utility tests on held-out rows and the attack needs non-members: without them only
+        # fidelity can be measured.
+        reason = f"fewer than {MIN_HOLDOUT_ROWS} holdout (non-member) rows given"
+        out.update({name: {"skipped": reason} for name in ("utility", "attack", "heuristics")})
     else:
+        if target is None:
+            out["utility"] = {"skipped": "no target column"}
+        else:
+            timed(
+                "utility",
+                utility,
+                train_real,
+                holdout_real,
+                synthetic,
+                target=target,
+                metadata=metadata,
+                table_name=table_name,
+                seed=seed,
+            )
         timed(
-            "utility",
-            utility,
+            "attack",
+            membership_attack,
             train_real,
             holdout_real,
             synthetic,
-            target=target,
-            metadata=metadata,
-            table_name=table_name,
+            metadata,
+            table_name,
+            method=attack_method,
             seed=seed,
+            delta=0.0 if delta is None else delta,
         )
-    timed(
-        "attack",
-        membership_attack,
-        train_real,
-        holdout_real,
-        synthetic,
-        metadata,
-        table_name,
-        method=attack_method,
-        seed=seed,
-        delta=0.0 if delta is None else delta,
-    )
-    timed(
-        "heuristics",
-        heuristics,
-        train_real,
-        holdout_real,
-        synthetic,
-        metadata,
-        table_name,
-        sensitive_columns=tuple(sensitive_columns),
-        seed=seed,
-        dcr_synthetic_rows=dcr_synthetic_rows,
-    )
+        timed(
+            "heuristics",
+            heuristics,
+            train_real,
+            holdout_real,
+            synthetic,
+            metadata,
+            table_name,
+            sensitive_columns=tuple(sensitive_columns),
+            seed=seed,
+            dcr_synthetic_rows=dcr_synthetic_rows,
+        )
     epsilon = claimed_epsilon
     if epsilon is not None and not math.isfinite(epsilon):
         epsilon = None  # JSON has no infinity; None = no DP claim

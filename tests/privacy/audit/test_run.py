@@ -50,3 +50,18 @@ def test_fidelity_keys(pizza, pizza_splits):
         "quality_properties",
         "diagnostic",
     }
+
+
+def test_without_holdout_rows_only_fidelity_is_measured(pizza, pizza_splits):
+    members, _, independent = pizza_splits
+    report = audit_table(
+        members.iloc[:500],
+        members.iloc[:0],
+        independent.iloc[:500],
+        pizza.metadata,
+        pizza.table_name,
+        target="type",
+    )
+    assert 0.0 <= report["fidelity"]["quality"] <= 1.0
+    for name in ("utility", "attack", "heuristics"):
+        assert "holdout" in report[name]["skipped"], name
