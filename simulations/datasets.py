@@ -167,7 +167,7 @@ def load_user_dataset(
     """Load a user's CSV/Parquet table and its SDV metadata JSON, validated against each other.
 
     The returned metadata holds only the chosen table; the returned table holds the columns the
-    metadata names (other columns of the file are dropped, with a log message). ``target`` and
+    metadata names (a column the metadata does not name is an error). ``target`` and
     ``natural_partition``, when given, must be synthesized columns of that table."""
     metadata_source, data_source = str(metadata_path), str(data_path)
     metadata = load_metadata(metadata_path)
@@ -184,9 +184,6 @@ def load_user_dataset(
     table = read_table(data_path)
     validate_table(table, schema, source=data_source)
     named = list(table_meta.get("columns", {}))
-    extra = [c for c in table.columns if c not in named]
-    if extra:
-        logger.info("%s: column(s) %s are not in the metadata: dropped", data_source, extra)
     table = table[[c for c in named if c in table.columns]].reset_index(drop=True)
     for role, column in (("target", target), ("natural_partition", natural_partition)):
         if column is not None and column not in schema.names:

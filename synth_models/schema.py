@@ -278,6 +278,15 @@ def validate_table(
             source=source,
             column=missing[0],
         )
+    unknown = [c for c in data.columns if c not in schema.names and c not in schema.dropped]
+    if unknown:
+        # Possibly data the merchant did not mean to hand over: never used silently.
+        raise DataError(
+            f"column(s) {unknown} are not in the metadata: remove them from the table, or "
+            "declare them in the metadata (sdtype 'id' to ignore them)",
+            source=source,
+            column=str(unknown[0]),
+        )
     for column in schema.columns:
         values = data[column.name]
         if values.isna().all():

@@ -77,6 +77,7 @@ class DeploymentResult:
     state_paths: dict[str, Path]
     seconds: float
     rounds_seconds: list[float]
+    pids: list[int] = field(default_factory=list)  # process-group leaders started (all stopped)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -89,6 +90,7 @@ class ProcessGroup:
         self.env = env
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: list[int] = []
 
     def start(self, name: str, argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,7 @@ class ProcessGroup:
         finally:
             log.close()
         self.procs[name] = proc
+        self.started.append(proc.pid)
         logger.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return proc
 
@@ -207,9 +210,7 @@ def supernode_command(
     ]  # fmt: skip
 
 
-def write_flower_config(
-    flwr_home: Path, superlink_port: int, tls: dict[str, Path] | None
-) -> Path:
+def write_flower_config(flwr_home: Path, superlink_port: int, tls: dict[str, Path] | None) -> Path:
     """``$FLWR_HOME/config.toml`` with one connection, ``CONNECTION``, made the default."""
     connection: dict[str, object] = {"address": f"{HOST}:{superlink_port}"}
     if tls is None:
@@ -360,21 +361,27 @@ def run_local_deployment(settings: DeploymentSettings) -> DeploymentResult:
     data_paths, metadata, dataset = prepare_data(settings, run_dir)
     run_config = write_run_config(settings, run_dir, metadata, dataset)
     started = time.perf_counter()
+    pids: list[int] = []
     with _processes(run_dir) as processes:
+        pids = processes.started
         port = start_federation(processes, run_dir, data_paths, settings, tls)
         write_flower_config(run_dir / "flwr-home", port, tls)
         run_app(processes, run_config, settings.run_timeout)
     seconds = time.perf_counter() - started
     artifact = _check_finished(run_dir, settings.rounds)
-    states = {f"merchant-{i}": run_dir / "state" / f"merchant-{i}.json" for i in range(len(data_paths))}
-    return DeploymentResult(run_dir, artifact, states, seconds, _rounds_seconds(run_dir))
+    states = {
+        f"merchant-{i}": run_dir / "state" / f"merchant-{i}.json" for i in range(len(data_paths))
+    }
+    return DeploymentResult(run_dir, artifact, states, seconds, _rounds_seconds(run_dir), pids)
 
 
 # --- CLI -------------------------------------------------------------------------------------
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m simulations.deploy.local", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.deploy.local", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--merchants", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True, help="run folder (created)")
@@ -399,7 +406,9 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = _parse_args(argv)
     settings = DeploymentSettings(
         merchants=args.merchants,

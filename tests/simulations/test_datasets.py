@@ -273,7 +273,7 @@ def test_user_dataset_round_trip(tmp_path: Path, oj: Dataset, fmt: str) -> None:
     pd.testing.assert_frame_equal(loaded.table, oj.table)
 
 
-def test_user_dataset_extra_columns_dropped_and_ids_kept(tmp_path: Path) -> None:
+def test_user_dataset_ids_kept_and_undeclared_columns_refused(tmp_path: Path) -> None:
     table = pd.DataFrame({"key": ["a", "b", "c"], "x": [1.0, 2.0, 3.0], "junk": [0, 0, 0]})
     data_path = tmp_path / "t.csv"
     table.to_csv(data_path, index=False)
@@ -289,6 +289,10 @@ def test_user_dataset_extra_columns_dropped_and_ids_kept(tmp_path: Path) -> None
     }
     metadata_path = tmp_path / "m.json"
     metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match="not in the metadata") as refused:
+        load_user_dataset(data_path, metadata_path)
+    assert refused.value.column == "junk" and str(data_path) in str(refused.value)
+    table.drop(columns=["junk"]).to_csv(data_path, index=False)
     loaded = load_user_dataset(data_path, metadata_path)
     assert list(loaded.table.columns) == ["key", "x"]
     assert loaded.schema().names == ["x"]

@@ -160,9 +160,14 @@ def test_bad_column_metadata_names_the_column(spec: dict, fragment: str) -> None
 
 
 def test_valid_table_is_restricted_to_schema(schema: TableSchema) -> None:
-    out = validate_table(TABLE.assign(extra=1), schema, source=SOURCE)
+    # A column the metadata declares as an id is accepted and left out.
+    out = validate_table(TABLE.assign(order_id=range(len(TABLE))), schema, source=SOURCE)
     assert list(out.columns) == schema.names
     pd.testing.assert_frame_equal(out, TABLE[schema.names])
+
+
+def test_a_column_missing_from_the_metadata_is_an_error(schema: TableSchema) -> None:
+    _fails(TABLE.assign(extra=1), schema, "extra", "not in the metadata")
 
 
 def _fails(table: pd.DataFrame, schema: TableSchema, column: str | None, *fragments: str):
