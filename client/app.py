@@ -105,8 +105,9 @@ def make_client_app(
 
     def handle(msg: Message, context: Context, work) -> Message:
         """Run ``work``; turn known failures into a status reply the server can report."""
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        threads = torch_threads or _setting(context, "torch-threads")
+        if threads:  # several merchants on one machine: cap each one's threads
+            torch.set_num_threads(int(threads))
         merchant = merchant_name(context)
         path = state_path(context, merchant)
         state = None

@@ -125,6 +125,9 @@ class ProcessGroup:
             _signal_group(proc, signal.SIGKILL, name, quiet=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+        left = _wait_groups_gone([p.pid for p in self.procs.values()], timeout=10.0)
+        if left:
+            logger.error("process groups still alive after SIGKILL: %s", left)
         self.procs.clear()
 
     def check_alive(self) -> None:
@@ -142,6 +145,27 @@ def _signal_group(proc: subprocess.Popen, sig: int, name: str, quiet: bool = Fal
         return
     if not quiet:
         logger.debug("sent %s to %s (pgid %d)", signal.Signals(sig).name, name, proc.pid)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process (a not-yet-reaped zombie included) is in group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_groups_gone(pgids: list[int], timeout: float) -> list[int]:
+    """Killed grandchildren linger until init reaps them; returns the groups still there."""
+    deadline = time.monotonic() + timeout
+    left = [g for g in pgids if group_alive(g)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [g for g in left if group_alive(g)]
+    return left
 
 
 def free_port() -> int:
