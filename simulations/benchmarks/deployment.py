@@ -1,6 +1,6 @@
 """Per-round time: Flower's deployment engine (local) against ``run_simulation``, same job.
 
-    python scripts/compare_deploy_sim.py --out /tmp/compare [--rows-per-merchant 300]
+    python -m simulations.benchmarks.deployment --out /tmp/compare [--rows-per-merchant 300]
 
 Both runs: 3 IID merchants, tiny VAE, 2 rounds x 1 local epoch, batch 100, no audit.
 Writes ``compare.json`` in ``--out``; "rounds_seconds" are the server's ``rounds.jsonl``
