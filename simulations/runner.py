@@ -17,9 +17,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from simulations.datasets import Dataset
 from simulations.partition import (
     describe_partitions,
@@ -43,19 +40,6 @@ class SimulationSettings:
     seed: int = 0
     sample_rows: int | None = None  # default: as many as the training rows
     federation: dict = field(default_factory=dict)  # run-config overrides (kebab-case keys)
-
-
-def split_holdout(
-    table: pd.DataFrame, share: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if not 0 <= share < 1:
-        raise ValueError("holdout share must be in [0, 1)")
-    order = np.random.default_rng(seed).permutation(len(table))
-    cut = len(table) - round(share * len(table))
-    return (
-        table.iloc[order[:cut]].reset_index(drop=True),
-        table.iloc[order[cut:]].reset_index(drop=True),
-    )
 
 
 def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: Path) -> dict:

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
+from client.merchant import holdout_split
 from privacy.audit import audit_table
 from simulations.datasets import load_dataset
-from simulations.runner import split_holdout
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     dataset = load_dataset("pizzaplace")
-    train, holdout = split_holdout(dataset.table, 0.2, args.seed)
+    train, holdout = holdout_split(dataset.table, 0.2, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     synthetic = dataset.table.sample(args.rows, replace=True, random_state=args.seed)
     synthetic = synthetic.reset_index(drop=True)

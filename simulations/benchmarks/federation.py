@@ -30,9 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+from client.merchant import holdout_split
 from simulations.benchmarks import environment, markdown_table, setup_logging, write_json
 from simulations.datasets import load_dataset
-from simulations.runner import split_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     dataset = load_dataset("pizzaplace")
-    train, _ = split_holdout(dataset.table, 0.2, 0)
+    train, _ = holdout_split(dataset.table, 0.2, seed=0)
     payload = {"environment": environment(), "settings": vars(args)}
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         if args.only in (None, "overhead"):

@@ -1,7 +1,7 @@
 import pytest
 
+from client.merchant import holdout_split
 from simulations.datasets import load_dataset
-from simulations.runner import split_holdout
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +13,7 @@ def pizza():
 def pizza_splits(pizza):
     """Three disjoint random thirds of pizzaplace, 6,000 rows each (members, non-members,
     independent rows from the same distribution)."""
-    rest, members = split_holdout(pizza.table, 6000 / len(pizza.table), 0)
-    rest, nonmembers = split_holdout(rest, 6000 / len(rest), 1)
-    _, independent = split_holdout(rest, 6000 / len(rest), 2)
+    rest, members = holdout_split(pizza.table, 6000 / len(pizza.table), seed=0)
+    rest, nonmembers = holdout_split(rest, 6000 / len(rest), seed=1)
+    _, independent = holdout_split(rest, 6000 / len(rest), seed=2)
     return members, nonmembers, independent

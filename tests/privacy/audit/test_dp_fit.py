@@ -1,12 +1,12 @@
+from client.merchant import holdout_split
 from privacy.audit import membership_attack
-from simulations.runner import split_holdout
 from synth_models.synthesizer import TabularSynthesizer
 from synth_models.training import TrainingConfig
 
 
 def test_bound_below_claimed_epsilon_on_dp_vae(pizza):
-    sample, _ = split_holdout(pizza.table, 1 - 10_000 / len(pizza.table), 0)
-    members, nonmembers = split_holdout(sample, 0.5, 1)
+    sample, _ = holdout_split(pizza.table, 1 - 10_000 / len(pizza.table), seed=0)
+    members, nonmembers = holdout_split(sample, 0.5, seed=1)
     synthesizer = TabularSynthesizer(
         pizza.metadata, model="vae", epsilon=1.0, training=TrainingConfig(epochs=3)
     ).fit(members)
