@@ -58,17 +58,24 @@ class MerchantFedAvg(FedAvg):
         self.owners: dict[str, int] = {}  # merchant name -> the node that first used it
         self.round_log: list[dict] = []
         self._layout: dict[str, tuple] = {}
+        self._sent: list[Message] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._layout = {name: tuple(array.shape) for name, array in arrays.items()}
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        self._sent = list(
+            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        )
+        return self._sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted, outcome = sort_replies(replies, self.ledgers, self.owners)
+        # The grid has given each sent message its id by now: an error reply (a merchant that
+        # crashed or went offline) names the merchant its message went to.
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        accepted, outcome = sort_replies(replies, self.ledgers, self.owners, sent_to)
         trained = []
         for msg, merchant in accepted:
             problem = self._mismatch(msg, trained[0][0] if trained else None)
@@ -139,19 +146,26 @@ def aggregate_merchant_metrics(records: list, weighting_metric_name: str) -> Met
 
 
 def sort_replies(
-    replies: Iterable[Message], ledgers: dict[str, dict], owners: dict[str, int]
+    replies: Iterable[Message],
+    ledgers: dict[str, dict],
+    owners: dict[str, int],
+    sent_to: dict[str, int] | None = None,
 ) -> tuple[list[tuple[Message, str]], dict[str, dict]]:
     """The replies whose merchant succeeded (with its name) and an outcome per merchant (its
     status and metrics); keep the latest ledger each merchant sent. A merchant name belongs to
     the first node that used it in this run: another node using it is failed, and cannot
-    overwrite that merchant's ledger."""
+    overwrite that merchant's ledger. ``sent_to`` maps the ids of the messages sent to their
+    nodes: an error reply may come from the SuperLink on behalf of a node that went away."""
     accepted, outcome = [], {}
+    names = {node_id: merchant for merchant, node_id in owners.items()}
     for msg in replies:
         node_id = msg.metadata.src_node_id
-        node = f"node-{node_id}"
         if msg.has_error():
-            outcome[node] = {"state": FAILED, "reason": msg.error.reason}
+            node_id = (sent_to or {}).get(msg.metadata.reply_to_message_id, node_id)
+            name = names.get(node_id, f"node-{node_id}")
+            outcome[name] = {"state": FAILED, "reason": msg.error.reason}
             continue
+        node = f"node-{node_id}"
         status = reply_document(msg, STATUS) or {"state": FAILED, "reason": "no status"}
         merchant = str(status.get("merchant", node))
         if owners.setdefault(merchant, node_id) != node_id:

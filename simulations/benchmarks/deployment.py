@@ -2,7 +2,9 @@
 
     python -m simulations.benchmarks.deployment --out /tmp/compare [--rows-per-merchant 300]
 
-Both runs: 3 IID merchants, tiny VAE, 2 rounds x 1 local epoch, batch 100, no audit.
+Three runs of the same job (3 IID merchants, tiny VAE, 1 local epoch per round, batch 100, no
+audit): deployment with Flower's own SuperExec (a new Python process per message, "cold"),
+deployment with fedsynth's forking SuperExec (``client.warm_exec``, "warm"), and simulation.
 Writes ``compare.json`` in ``--out``; "rounds_seconds" are the server's ``rounds.jsonl``
 times (seconds since the end of the schema round, after each round).
 """
@@ -10,6 +12,7 @@ times (seconds since the end of the schema round, after each round).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -59,7 +62,7 @@ def simulate(settings: local.DeploymentSettings) -> dict:
     )
     return {
         "seconds": time.perf_counter() - started,
-        "rounds_seconds": local._rounds_seconds(run_dir),
+        "rounds_seconds": local.rounds_seconds(run_dir),
     }
 
 
@@ -69,24 +72,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rows-per-merchant", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
-    def settings(name: str) -> local.DeploymentSettings:
+    def settings(name: str, warm: bool = True) -> local.DeploymentSettings:
         return local.DeploymentSettings(
             merchants=3,
             rounds=args.rounds,
             out=args.out / name,
             insecure=True,
             rows_per_merchant=args.rows_per_merchant,
+            warm=warm,
             run_config=TINY,
         )
 
-    deployed = local.run_local_deployment(settings("deploy"))
-    results = {
-        "deployment": {"seconds": deployed.seconds, "rounds_seconds": deployed.rounds_seconds},
-        "simulation": simulate(settings("simulation")),
-    }
+    results = {}
+    for name, warm in (("deployment-cold", False), ("deployment-warm", True)):
+        deployed = local.run_local_deployment(settings(name, warm))
+        results[name] = {"seconds": deployed.seconds, "rounds_seconds": deployed.rounds_seconds}
+    results["simulation"] = simulate(settings("simulation"))
+    for entry in results.values():
+        # Rounds after the first: the first one also pays the noise calibration.
+        later = [b - a for a, b in itertools.pairwise(entry["rounds_seconds"])]
+        entry["seconds_per_later_round"] = sum(later) / len(later) if later else None
+    sim = results["simulation"]["seconds_per_later_round"]
+    for name in ("deployment-cold", "deployment-warm"):
+        per_round = results[name]["seconds_per_later_round"]
+        if per_round is not None and sim is not None:
+            results[name]["overhead_per_round_vs_simulation"] = per_round - sim
     (args.out / "compare.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 

@@ -13,8 +13,9 @@ Layout of ``--out``: ``merchants/merchant-<i>.csv``, ``metadata.json``, ``state/
 (the merchants' privacy ledgers), ``synthesizer`` (the artifact), ``logs/*.log``, ``flwr-home/``,
 ``run-config.toml``.
 
-Without ``--insecure`` the SuperLink speaks TLS with a throw-away local CA (``--tls`` is the
-default); SuperNode authentication is not set up yet.
+Without ``--insecure`` the SuperLink speaks TLS with a throw-away local CA and admits only
+registered SuperNodes: each merchant gets an EC key pair (``keys/``), the operator registers the
+public key (``flwr supernode register``) and the SuperNode signs with the private one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class DeploymentSettings:
     rows_per_merchant: int = 0  # 0: the whole table
     seed: int = 0
     holdout_fraction: float = 0.2
+    warm: bool = True  # ClientApps forked from a warm SuperExec (client.warm_exec)
     run_config: dict = field(default_factory=dict)  # extra [tool.flwr.app.config] overrides
     startup_timeout: float = 60.0
     run_timeout: float = 1800.0
@@ -203,7 +205,9 @@ def _security_flags(tls: dict[str, Path] | None) -> list[str]:
     ]  # fmt: skip
 
 
-def superlink_command(port: int, tls: dict[str, Path] | None, database: Path) -> list[str]:
+def superlink_command(
+    port: int, tls: dict[str, Path] | None, database: Path, *, auth: bool = False
+) -> list[str]:
     """One HTTP port serves the Fleet, Control and Runtime APIs (Flower 1.41)."""
     return [
         str(_BIN / "flower-superlink"),
@@ -212,6 +216,7 @@ def superlink_command(port: int, tls: dict[str, Path] | None, database: Path) ->
         "--port", str(port),
         "--database", str(database),
         "--disable-runtime-dependency-installation",
+        *(["--enable-supernode-auth"] if auth else []),
     ]  # fmt: skip
 
 
@@ -221,9 +226,20 @@ def node_config(values: dict[str, object]) -> str:
 
 
 def supernode_command(
-    superlink_port: int, runtime_port: int, config: dict[str, object], tls: dict[str, Path] | None
+    superlink_port: int,
+    runtime_port: int,
+    config: dict[str, object],
+    tls: dict[str, Path] | None,
+    auth_key: Path | None = None,
+    *,
+    warm: bool = False,
 ) -> list[str]:
+    """``warm``: ClientApps come from a separate warm SuperExec (``client.warm_exec``)."""
     security = ["--insecure"] if tls is None else ["--root-certificates", str(tls["ca"])]
+    if auth_key is not None:
+        security += ["--auth-supernode-private-key", str(auth_key)]
+    if warm:
+        security += ["--isolation", "process"]
     return [
         str(_BIN / "flower-supernode"),
         *security,
@@ -231,6 +247,17 @@ def supernode_command(
         "--host", HOST,
         "--port", str(runtime_port),
         "--node-config", node_config(config),
+    ]  # fmt: skip
+
+
+def warm_exec_command(runtime_port: int, supernode_pid: int) -> list[str]:
+    """The merchant's warm SuperExec, on the SuperNode's local Runtime API (plain HTTP on
+    127.0.0.1, as Flower's own SuperExec uses it)."""
+    return [
+        sys.executable, "-m", "client.warm_exec",
+        "--runtime-api-address", f"{HOST}:{runtime_port}",
+        "--insecure",
+        "--parent-pid", str(supernode_pid),
     ]  # fmt: skip
 
 
@@ -285,52 +312,167 @@ def write_run_config(settings: DeploymentSettings, run_dir: Path, metadata: Path
     return path
 
 
-# --- the run ---------------------------------------------------------------------------------
+# --- the federation --------------------------------------------------------------------------
 
 
-def start_federation(
-    processes: ProcessGroup,
-    run_dir: Path,
-    data_paths: list[Path],
-    settings: DeploymentSettings,
-    tls: dict[str, Path] | None,
-) -> int:
-    """SuperLink, then one SuperNode per merchant; returns the SuperLink's port."""
-    port = free_port()
-    processes.start("superlink", superlink_command(port, tls, run_dir / "superlink.db"))
-    wait_for_port(port, settings.startup_timeout, processes)
-    for i, data_path in enumerate(data_paths):
-        merchant = f"merchant-{i}"
-        config = {
-            "data-path": str(data_path),
-            "state-path": str((run_dir / "state" / f"{merchant}.json").resolve()),
-            "merchant-id": merchant,
-            "holdout-fraction": settings.holdout_fraction,
-        }
-        processes.start(merchant, supernode_command(port, free_port(), config, tls))
-    return port
+class LocalFederation:
+    """A SuperLink and one SuperNode per merchant on 127.0.0.1; everything stops on exit.
+
+    ``tls``: a throw-away local CA and SuperLink certificate. ``auth`` (needs ``tls``): the
+    SuperLink only admits SuperNodes whose public key was registered with
+    ``flwr supernode register``; each merchant keeps its own private key. ``warm``: each
+    SuperNode gets a warm SuperExec that forks ClientApps instead of starting Python anew.
+    """
+
+    def __init__(
+        self, run_dir: Path, *, tls: bool, auth: bool, startup_timeout: float, warm: bool = True
+    ) -> None:
+        if auth and not tls:
+            raise DeploymentError("SuperNode authentication needs TLS")
+        self.run_dir = run_dir
+        self.tls: dict[str, Path] | None = None
+        self.auth = auth
+        self.warm = warm
+        self.startup_timeout = startup_timeout
+        self.flwr_home = run_dir / "flwr-home"
+        self.processes = ProcessGroup(flower_env(self.flwr_home), run_dir / "logs")
+        self.port = 0
+        self.merchants: dict[str, dict[str, object]] = {}  # name -> node config
+        self._keys: dict[str, dict[str, Path]] = {}
+        self._use_tls = tls
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            if self._use_tls:
+                from simulations.deploy.tls import make_local_certificates
+
+                self.tls = make_local_certificates(self.run_dir / "certs")
+            self.port = free_port()
+            database = self.run_dir / "superlink.db"
+            self.processes.start(
+                "superlink", superlink_command(self.port, self.tls, database, auth=self.auth)
+            )
+            wait_for_port(self.port, self.startup_timeout, self.processes)
+            write_flower_config(self.flwr_home, self.port, self.tls)
+        except BaseException:
+            self.processes.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.processes.stop()
+        logger.info("stopped all Flower processes")
+
+    @property
+    def started(self) -> list[int]:
+        return self.processes.started
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """A ``flwr`` CLI command against this federation's SuperLink."""
+        return subprocess.run(
+            [str(_BIN / "flwr"), *args],
+            cwd=PROJECT_ROOT,
+            env=self.processes.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def keys(self, merchant: str) -> dict[str, Path]:
+        """The merchant's key pair (made once, so a restarted SuperNode keeps its identity)."""
+        if merchant not in self._keys:
+            from simulations.deploy.tls import make_supernode_keys
+
+            self._keys[merchant] = make_supernode_keys(self.run_dir / "keys", merchant)
+        return self._keys[merchant]
+
+    def register(self, merchant: str) -> None:
+        """What the SuperLink operator does for each merchant's public key."""
+        done = self.flwr("supernode", "register", str(self.keys(merchant)["public"]), CONNECTION)
+        if done.returncode != 0:
+            raise DeploymentError(
+                f"registering {merchant}'s SuperNode failed: {done.stdout}{done.stderr}"
+            )
+
+    def start_merchant(
+        self, merchant: str, config: dict[str, object] | None = None, *, register: bool = True
+    ) -> subprocess.Popen:
+        """Start (or restart, with the same config and key) a merchant's SuperNode."""
+        if config is not None:
+            self.merchants[merchant] = config
+        key = None
+        if self.auth:
+            if register and merchant not in self._keys:
+                self.register(merchant)
+            key = self.keys(merchant)["private"]
+        runtime_port = free_port()
+        argv = supernode_command(
+            self.port, runtime_port, self.merchants[merchant], self.tls, key, warm=self.warm
+        )
+        node = self.processes.start(merchant, argv)
+        if self.warm:
+            wait_for_port(runtime_port, self.startup_timeout, self.processes)
+            self.processes.start(f"{merchant}-exec", warm_exec_command(runtime_port, node.pid))
+        return node
+
+    def kill(self, merchant: str) -> None:
+        """SIGKILL a merchant's SuperNode, its SuperExec and their ClientApps (a crash)."""
+        for name in (merchant, f"{merchant}-exec"):
+            proc = self.processes.procs.pop(name, None)
+            if proc is None:
+                continue
+            _signal_group(proc, signal.SIGKILL, name)
+            proc.wait(timeout=10)
+            _wait_groups_gone([proc.pid], timeout=10.0)
+            logger.warning("killed %s (pgid %d)", name, proc.pid)
+
+    def run(
+        self, run_config: Path, *, timeout: float, watch: Callable[[], None] | None = None
+    ) -> None:
+        """``flwr run . <connection> --stream`` until it ends; ``watch()`` is called while it
+        runs. A SuperNode that dies is a merchant's fault the run survives; the SuperLink
+        dying is not."""
+        argv = [
+            str(_BIN / "flwr"), "run", ".", CONNECTION, "--stream",
+            "--run-config", str(run_config),
+        ]  # fmt: skip
+        proc = self.processes.start("flwr-run", argv, cwd=PROJECT_ROOT)
+        deadline = time.monotonic() + timeout
+        reported: set[str] = set()
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise DeploymentError(f"the run did not finish in {timeout:.0f} s")
+                link = self.processes.procs["superlink"]
+                if link.poll() is not None:
+                    raise DeploymentError(f"the SuperLink exited with {link.returncode}")
+                for name, other in self.processes.procs.items():
+                    if name in self.merchants and other.poll() is not None and name not in reported:
+                        reported.add(name)
+                        logger.warning("%s's SuperNode exited with %s", name, other.returncode)
+                if watch is not None:
+                    watch()
+                time.sleep(0.5)
+        finally:
+            self.processes.procs.pop("flwr-run", None)
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL, "flwr-run")
+        if proc.returncode != 0:
+            raise DeploymentError(f"flwr run exited with {proc.returncode}; see logs/flwr-run.log")
 
 
-def run_app(processes: ProcessGroup, run_config: Path, timeout: float) -> None:
-    """``flwr run . <connection> --stream``; waits for it, watching the other processes."""
-    argv = [
-        str(_BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", str(run_config),
-    ]  # fmt: skip
-    proc = processes.start("flwr-run", argv, cwd=PROJECT_ROOT)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            raise DeploymentError(f"the run did not finish in {timeout:.0f} s")
-        others = {n: p for n, p in processes.procs.items() if n != "flwr-run"}
-        for name, other in others.items():
-            if other.poll() is not None:
-                raise DeploymentError(f"{name} exited with {other.returncode} during the run")
-        time.sleep(0.5)
-    if proc.returncode != 0:
-        raise DeploymentError(f"flwr run exited with {proc.returncode}; see logs/flwr-run.log")
+def merchant_config(
+    run_dir: Path, merchant: str, data_path: Path, holdout_fraction: float
+) -> dict[str, object]:
+    return {
+        "data-path": str(data_path),
+        "state-path": str((run_dir / "state" / f"{merchant}.json").resolve()),
+        "merchant-id": merchant,
+        "holdout-fraction": holdout_fraction,
+    }
 
 
-def _rounds_seconds(run_dir: Path) -> list[float]:
+def rounds_seconds(run_dir: Path) -> list[float]:
     path = run_dir / "rounds.jsonl"
     if not path.exists():
         return []
@@ -338,7 +480,9 @@ def _rounds_seconds(run_dir: Path) -> list[float]:
     return [float(e["seconds"]) for e in entries if "seconds" in e]
 
 
-def _check_finished(run_dir: Path, rounds: int) -> Path:
+def check_finished(run_dir: Path, rounds: int) -> Path:
+    """The artifact, if it holds ``rounds`` completed rounds (``flwr run`` exits 0 even when
+    the ServerApp failed)."""
     from synth_models.artifact import load_artifact
 
     artifact = run_dir / "synthesizer"
@@ -354,21 +498,12 @@ def _check_finished(run_dir: Path, rounds: int) -> Path:
 def warn_insecure() -> None:
     logger.warning(
         "\n%s\nINSECURE MODE: SuperLink, SuperNodes and the CLI talk plain HTTP without TLS.\n"
-        "Model weights, DP statistics and privacy ledgers travel unencrypted. Use this only\n"
-        "on 127.0.0.1 for tests; never across machines.\n%s",
+        "Model weights, DP statistics and privacy ledgers travel unencrypted, and any process\n"
+        "that reaches the port can join as a merchant. Use this only on 127.0.0.1 for tests;\n"
+        "never across machines.\n%s",
         "!" * 78,
         "!" * 78,
     )
-
-
-@contextlib.contextmanager
-def _processes(run_dir: Path) -> Iterator[ProcessGroup]:
-    processes = ProcessGroup(flower_env(run_dir / "flwr-home"), run_dir / "logs")
-    try:
-        yield processes
-    finally:
-        processes.stop()
-        logger.info("stopped all Flower processes")
 
 
 def run_local_deployment(settings: DeploymentSettings) -> DeploymentResult:
@@ -377,26 +512,28 @@ def run_local_deployment(settings: DeploymentSettings) -> DeploymentResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.insecure:
         warn_insecure()
-        tls = None
-    else:
-        from simulations.deploy.tls import make_local_certificates
-
-        tls = make_local_certificates(run_dir / "certs")
     data_paths, metadata, dataset = prepare_data(settings, run_dir)
     run_config = write_run_config(settings, run_dir, metadata, dataset)
     started = time.perf_counter()
-    pids: list[int] = []
-    with _processes(run_dir) as processes:
-        pids = processes.started
-        port = start_federation(processes, run_dir, data_paths, settings, tls)
-        write_flower_config(run_dir / "flwr-home", port, tls)
-        run_app(processes, run_config, settings.run_timeout)
+    federation = LocalFederation(
+        run_dir,
+        tls=not settings.insecure,
+        auth=not settings.insecure,
+        startup_timeout=settings.startup_timeout,
+        warm=settings.warm,
+    )
+    with federation:
+        for i, data_path in enumerate(data_paths):
+            merchant = f"merchant-{i}"
+            config = merchant_config(run_dir, merchant, data_path, settings.holdout_fraction)
+            federation.start_merchant(merchant, config)
+        federation.run(run_config, timeout=settings.run_timeout)
     seconds = time.perf_counter() - started
-    artifact = _check_finished(run_dir, settings.rounds)
-    states = {
-        f"merchant-{i}": run_dir / "state" / f"merchant-{i}.json" for i in range(len(data_paths))
-    }
-    return DeploymentResult(run_dir, artifact, states, seconds, _rounds_seconds(run_dir), pids)
+    artifact = check_finished(run_dir, settings.rounds)
+    states = {m: Path(str(c["state-path"])) for m, c in federation.merchants.items()}
+    return DeploymentResult(
+        run_dir, artifact, states, seconds, rounds_seconds(run_dir), federation.started
+    )
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -415,6 +552,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows-per-merchant", type=int, default=0, help="subsample; 0: all rows")
     parser.add_argument("--holdout-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cold", action="store_true", help="Flower's SuperExec: a new Python per message"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
     parser.add_argument(
         "--run-config", action="append", default=[], metavar="KEY=TOML",
@@ -442,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         rows_per_merchant=args.rows_per_merchant,
         seed=args.seed,
         holdout_fraction=args.holdout_fraction,
+        warm=not args.cold,
         run_config=_overrides(args.run_config),
         run_timeout=args.timeout,
     )

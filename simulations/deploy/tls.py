@@ -1,4 +1,5 @@
-"""A throw-away local CA and a SuperLink certificate for 127.0.0.1 / localhost (tests, demos).
+"""Throw-away credentials for a federation on this machine (tests, demos): a local CA, a
+SuperLink certificate for 127.0.0.1 / localhost, and SuperNode authentication key pairs.
 
 Real deployments get their certificates from the operator's PKI; these keys are written
 unencrypted next to the run and are only good for one machine.
@@ -107,4 +108,26 @@ def make_local_certificates(directory: Path, days: int = 2) -> dict[str, Path]:
         "ca": _write(directory / "ca.pem", ca_cert.public_bytes(pem)).resolve(),
         "cert": _write(directory / "server.pem", cert.public_bytes(pem)).resolve(),
         "key": _write(directory / "server.key", key_bytes, private=True).resolve(),
+    }
+
+
+def make_supernode_keys(directory: Path, name: str) -> dict[str, Path]:
+    """An EC P-384 key pair in OpenSSH format for SuperNode authentication.
+
+    The SuperLink operator registers ``public`` (``flwr supernode register``); the merchant's
+    SuperNode signs with ``private`` (``--auth-supernode-private-key``), which never leaves it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return {
+        "private": _write(directory / name, private, private=True).resolve(),
+        "public": _write(directory / f"{name}.pub", public).resolve(),
     }

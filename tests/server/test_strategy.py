@@ -134,6 +134,18 @@ def test_sort_replies_splits_outcomes_and_keeps_ledgers(replies):
     assert "merchant-3" not in ledgers
 
 
+def test_an_error_reply_from_the_superlink_names_the_merchant_it_was_sent_to():
+    """A node that went offline gets an error reply written by the SuperLink (source node 1):
+    the outcome names the merchant whose message it answers, not the SuperLink."""
+    lost = Message(Error(code=0, reason="node unavailable"), reply_to=instruction(16))
+    lost.metadata.__dict__["_src_node_id"] = 1
+    owners = {"merchant-6": 16}
+    _, outcome = sort_replies([lost], {}, owners, {"instruction-16": 16})
+    assert outcome == {"merchant-6": {"state": FAILED, "reason": "node unavailable"}}
+    _, unknown = sort_replies([lost], {}, owners)
+    assert set(unknown) == {"node-1"}
+
+
 def test_a_reply_without_status_is_a_failure():
     content = RecordDict(
         {ARRAYS: ArrayRecord(weights(1.0)), METRICS: MetricRecord({"num-examples": 5.0})}
