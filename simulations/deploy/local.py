@@ -459,6 +459,20 @@ class LocalFederation:
                 _signal_group(proc, signal.SIGKILL, "flwr-run")
         if proc.returncode != 0:
             raise DeploymentError(f"flwr run exited with {proc.returncode}; see logs/flwr-run.log")
+        # `flwr run --stream` exits 0 whatever became of the ServerApp: ask the SuperLink.
+        status, details = self.last_run_status()
+        if status != "finished:completed":
+            raise DeploymentError(f"the run ended {status} ({details}); see logs/flwr-run.log")
+
+    def last_run_status(self) -> tuple[str, str]:
+        """Status and details of the newest run on the SuperLink (``flwr ls``)."""
+        listed = self.flwr("ls", CONNECTION, "--format", "json")
+        try:
+            runs = json.loads(listed.stdout[listed.stdout.index("{") :])["runs"]
+            newest = max(runs, key=lambda run: run["pending-at"])
+            return str(newest["status"]), str(newest["status-details"])
+        except (ValueError, KeyError) as exc:
+            raise DeploymentError(f"cannot read the run status: {listed.stdout}") from exc
 
 
 def merchant_config(
