@@ -22,6 +22,7 @@ from client.merchant import (
     find_table,
     holdout_split,
     load_merchant_table,
+    marginals_round,
     statistics_round,
     train_round,
 )
@@ -35,6 +36,7 @@ from synth_models.federation import (
     DOCUMENT_KEY,
     FAILED,
     LEDGER,
+    MARGINALS,
     METRICS,
     OK,
     REFUSED,
@@ -155,6 +157,30 @@ def make_client_app(
                 source=source,
             )
             return RecordDict({STATISTICS: ConfigRecord({DOCUMENT_KEY: dumps(stats.to_dict())})})
+
+        return handle(msg, context, work)
+
+    @app.query("marginals")
+    def marginals(msg: Message, context: Context) -> Message:
+        def work(msg, config, schema, table, source, state, holdout):
+            release, metrics = marginals_round(
+                table,
+                encoder=TableEncoder.from_dict(config["encoder"]),
+                model_options=config["model_options"],
+                state=state,
+                epsilon=float(config["epsilon"]),
+                delta=float(config["delta"]),
+                phase=config["phase"],
+                tree=config.get("tree"),
+                seed=_seed(config["seed"], state.merchant, "marginals", config["phase"]),
+                source=source,
+            )
+            return RecordDict(
+                {
+                    MARGINALS: ConfigRecord({DOCUMENT_KEY: dumps(release.to_dict())}),
+                    METRICS: MetricRecord(metrics),
+                }
+            )
 
         return handle(msg, context, work)
 

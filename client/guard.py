@@ -2,7 +2,9 @@
 
 Only model weights, scalar metrics from an allow-list and JSON documents in allowed records may
 leave (see ``synth_models.federation``). Anything else (a table, a list of per-row values, an
-unknown record) is blocked and replaced by a failure status naming what was blocked.
+unknown record) is blocked and replaced by a failure status naming what was blocked. A document
+of noisy marginals must be count tables of at most pairs, shaped by the shared domains (no
+dimension longer than ``MAX_MARGINAL_DOMAIN``), with a noise variance.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from synth_models.federation import (
     AUDIT,
     DOCUMENT_KEY,
     FAILED,
+    MARGINALS,
     MAX_AUDIT_LIST,
+    MAX_MARGINAL_CLIQUE,
+    MAX_MARGINAL_DOMAIN,
     METRICS,
     REPLY_DOCUMENTS,
     REPLY_METRICS,
@@ -62,9 +67,55 @@ def reply_problems(content: RecordDict) -> list[str]:
                             f"audit document holds a list of more than "
                             f"{MAX_AUDIT_LIST} values (row-level data?)"
                         )
+                    if name == MARGINALS:
+                        problems += marginal_problems(document)
         else:
             problems.append(f"record {name!r} of type {type(record).__name__} is not allowed")
     return problems
+
+
+def marginal_problems(document) -> list[str]:
+    """Why a marginals document is not a set of noisy count tables (empty: it is)."""
+    expected = {"cliques", "shapes", "tables", "noise_var", "contributors"}
+    if not isinstance(document, dict) or set(document) != expected:
+        return ["marginals document does not have the fields of noisy count tables"]
+    cliques, shapes, tables = document["cliques"], document["shapes"], document["tables"]
+    if not (isinstance(cliques, list) and isinstance(shapes, list) and isinstance(tables, list)):
+        return ["marginals document: cliques, shapes and tables must be lists"]
+    if not len(cliques) == len(shapes) == len(tables):
+        return ["marginals document: cliques, shapes and tables differ in number"]
+    if not isinstance(document["noise_var"], int | float) or document["noise_var"] < 0:
+        return ["marginals document: noise variance missing or negative"]
+    problems = []
+    for i, (clique, shape, table) in enumerate(zip(cliques, shapes, tables, strict=True)):
+        if (
+            not isinstance(shape, list)
+            or not isinstance(clique, list)
+            or not 1 <= len(shape) <= MAX_MARGINAL_CLIQUE
+            or len(clique) != len(shape)
+            or not all(isinstance(n, int) and 1 <= n <= MAX_MARGINAL_DOMAIN for n in shape)
+        ):
+            problems.append(
+                f"marginal table {i}: shape {shape!r} is not a column or pair domain "
+                f"(at most {MAX_MARGINAL_DOMAIN} values a column)"
+            )
+        elif _shape(table) != shape:
+            problems.append(f"marginal table {i} is not a {shape} table of numbers")
+    return problems
+
+
+def _shape(table) -> list[int] | None:
+    """The shape of a nested list of numbers (None if ragged or not numbers)."""
+    if isinstance(table, bool):
+        return None
+    if isinstance(table, int | float):
+        return []
+    if not isinstance(table, list) or not table:
+        return None
+    shapes = [_shape(row) for row in table]
+    if shapes[0] is None or any(s != shapes[0] for s in shapes):
+        return None
+    return [len(table), *shapes[0]]
 
 
 def _longest_list(document) -> int:

@@ -20,6 +20,9 @@ from privacy.ledger import PrivacyLedger
 from privacy.statistics import TableStatistics, release_statistics
 from synth_models.encoder import TableEncoder, statistics_inputs
 from synth_models.io import read_table
+from synth_models.marginal_fit import release_marginals
+from synth_models.marginal_model import MarginalModel
+from synth_models.marginals import MarginalRelease
 from synth_models.schema import DataError, TableSchema, validate_table
 from synth_models.synthesizer import (
     TabularSynthesizer,
@@ -159,6 +162,52 @@ def statistics_round(
         )
     state.dp_rows = max(float(stats.row_count), 1.0)
     return stats
+
+
+def marginals_round(
+    table: pd.DataFrame,
+    *,
+    encoder: TableEncoder,
+    model_options: dict,
+    state: MerchantState,
+    epsilon: float,
+    delta: float,
+    phase: str,
+    tree: list[tuple[int, int]] | None,
+    seed: int,
+    source: str,
+) -> tuple[MarginalRelease, dict[str, float]]:
+    """This merchant's noisy marginals for the marginal model's ``phase`` (selection: every
+    pair; measurement: the server's ``tree``), recorded in its ledger; returns them and the
+    round's metrics. Its noise is its own: the sum over merchants carries all of it."""
+    model = build_model("marginal", encoder, model_options)
+    if not isinstance(model, MarginalModel):
+        raise TypeError("the marginals round needs the marginal model")
+    private = not math.isinf(epsilon)
+    if private:
+        if state.dp_rows is None:
+            raise RuntimeError(
+                f"{state.merchant} has no DP row count (it missed the schema "
+                "round); it can join the next run"
+            )
+        if state.ledger is None:
+            state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
+    release = release_marginals(
+        table,
+        model=model,
+        ledger=state.ledger if private else None,
+        phase=phase,
+        tree=None if tree is None else [tuple(pair) for pair in tree],
+        rng=np.random.default_rng(seed),
+        source=source,
+    )
+    metrics = {
+        "num-examples": float(state.dp_rows if private else len(table)),
+        "epsilon": state.epsilon if private else math.inf,
+        "delta": state.ledger.delta if private else 0.0,
+        "noise-multiplier": float(release.noise_var**0.5 / len(release.cliques) ** 0.5),
+    }
+    return release, metrics
 
 
 def train_round(

@@ -6,6 +6,9 @@
 3. After every round the global synthesizer (weights, encoder, every merchant's ledger, the
    round) is written atomically to ``<run-dir>/synthesizer``; ``resume = true`` continues from
    it, skipping the schema round and keeping the ledgers.
+
+The marginal model (``model = "marginal"``) replaces step 2 by two rounds of noisy marginals
+(``server/marginal_rounds.py``) and is checkpointed once, fitted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from privacy.ledger import PrivacyLedger
 from server.config import FederationConfig
 from server.evaluation import collect_audits, combine, failures, rounds_epsilon
+from server.marginal_rounds import ROUNDS, run_marginal_rounds
 from server.schema_round import schema_round
 from server.strategy import MerchantFedAvg
 from synth_models.artifact import load_artifact
@@ -94,6 +98,16 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         )
         torch.manual_seed(config.seed)
         weights = build_model(config.model, encoder, config.model_options).state_dict()
+
+    if config.model == "marginal":
+        round_log = (
+            []
+            if done
+            else marginal_federation(
+                grid, config, metadata, encoder, artifact, run_dir, ledgers, owners
+            )
+        )
+        return finish(grid, config, artifact, run_dir, owners, round_log)
 
     strategy = MerchantFedAvg(
         round_offset=done,
@@ -172,12 +186,81 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
                 "config": config.to_dict(),
             },
         )
+    return finish(grid, config, artifact, run_dir, owners, strategy.round_log)
+
+
+def finish(
+    grid: Grid,
+    config: FederationConfig,
+    artifact: Path,
+    run_dir: Path,
+    owners: dict[str, int],
+    round_log: list[dict],
+) -> Path:
+    """After the last round: the synthetic sample and the federated audit, as configured."""
     if config.sample_rows:
         synthetic = TabularSynthesizer.load(artifact).sample(config.sample_rows, seed=config.seed)
         synthetic.to_csv(run_dir / "synthetic.csv", index=False)
     if config.audit:
-        federated_audit(grid, config, artifact, run_dir, owners, strategy.round_log)
+        federated_audit(grid, config, artifact, run_dir, owners, round_log)
     return artifact
+
+
+def marginal_federation(
+    grid: Grid,
+    config: FederationConfig,
+    metadata: dict,
+    encoder,
+    artifact: Path,
+    run_dir: Path,
+    ledgers: dict[str, dict],
+    owners: dict[str, int],
+) -> list[dict]:
+    """The marginal model's rounds, logged and checkpointed like training rounds."""
+    started = time.perf_counter()
+    model = build_model(config.model, encoder, config.model_options)
+    rounds = run_marginal_rounds(
+        grid,
+        encoder=encoder,
+        model=model,
+        document={
+            "model": config.model,
+            "model_options": config.model_options,
+            "epsilon": config.epsilon,
+            "delta": config.delta,
+            "seed": config.seed,
+        },
+        min_replies=config.min_train_replies,
+        min_nodes=config.min_nodes,
+        timeout=config.round_timeout,
+        ledgers=ledgers,
+        owners=owners,
+    )
+    synth = _synthesizer(config, metadata, encoder, rounds.weights, ledgers)
+    synth.save(
+        artifact,
+        federation={
+            "rounds_completed": len(ROUNDS),
+            "num_rounds": len(ROUNDS),
+            "config": config.to_dict(),
+        },
+    )
+    for entry in rounds.round_log:
+        _append_jsonl(
+            run_dir / "rounds.jsonl",
+            {
+                **entry,
+                "epsilon": max(
+                    (r["epsilon"] for r in entry["merchants"].values() if "epsilon" in r),
+                    default=None,
+                ),
+                "seconds": time.perf_counter() - started,
+            },
+        )
+    logger.info(
+        "marginal model fitted (epsilon %.4f); checkpoint %s", synth.epsilon_spent, artifact
+    )
+    return rounds.round_log
 
 
 def federated_audit(

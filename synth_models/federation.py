@@ -2,8 +2,8 @@
 
 Replies may carry only: model weights (an ArrayRecord named ``ARRAYS``), scalar metrics (a
 MetricRecord named ``METRICS`` with keys from ``REPLY_METRICS``), and JSON documents in
-ConfigRecords named in ``REPLY_DOCUMENTS`` (DP statistics, the ledger, a status line). The
-client's reply guard enforces this list before anything leaves a merchant.
+ConfigRecords named in ``REPLY_DOCUMENTS`` (DP statistics, noisy marginal tables, the ledger, a
+status line). The client's reply guard enforces this list before anything leaves a merchant.
 """
 
 from __future__ import annotations
@@ -18,13 +18,19 @@ STATISTICS = "statistics"
 LEDGER = "ledger"
 STATUS = "status"
 AUDIT = "audit"
+MARGINALS = "marginals"
 DOCUMENT_KEY = "json"
 
 STATISTICS_MESSAGE = "query.statistics"
-REPLY_DOCUMENTS = (STATISTICS, LEDGER, STATUS, AUDIT)
+MARGINALS_MESSAGE = "query.marginals"
+REPLY_DOCUMENTS = (STATISTICS, LEDGER, STATUS, AUDIT, MARGINALS)
 # An audit document holds aggregates: binned shares, ROC points, scores. A longer list than this
 # would be per-row data, and the guard blocks it.
 MAX_AUDIT_LIST = 512
+# A marginal table is a count per cell of a column or pair domain: its dimensions follow the
+# shared encoder's domains, never the number of rows. Longer would be row-level data.
+MAX_MARGINAL_DOMAIN = 4096
+MAX_MARGINAL_CLIQUE = 2
 REPLY_METRICS = (
     "num-examples",  # the merchant's DP row count (aggregation weight), never the exact count
     "epsilon",

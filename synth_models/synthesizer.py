@@ -1,9 +1,10 @@
-"""``TabularSynthesizer``: fit a DP GAN or VAE on one table, sample, save, load.
+"""``TabularSynthesizer``: fit a DP GAN, VAE or marginal model on one table, sample, save, load.
 
 The same pieces serve a federation: :func:`release_encoder_statistics` is what a merchant runs
 in the schema round, :func:`build_model` what everyone builds from the shared encoder, and
 ``train_local`` (``training.py``) each merchant's local round. A single owner is a federation of
-one: it releases statistics, builds the encoder from them and trains, all on one ledger.
+one: it releases statistics, builds the encoder from them and trains, all on one ledger. The
+marginal model (``marginal_fit.py``) measures noisy marginals instead of training.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ from privacy.statistics import TableStatistics, release_statistics
 from synth_models.artifact import ArtifactError, load_artifact, save_artifact
 from synth_models.encoder import TableEncoder, statistics_inputs
 from synth_models.gan import GANModel
+from synth_models.marginal_fit import fit_marginal_model
+from synth_models.marginal_model import MarginalModel
 from synth_models.schema import TableSchema, validate_table
 from synth_models.training import TrainingConfig, plan_steps, train_local
 from synth_models.vae import VAEModel
 
 logger = logging.getLogger(__name__)
 
-MODELS: dict[str, type[nn.Module]] = {"gan": GANModel, "vae": VAEModel}
+MODELS: dict[str, type[nn.Module]] = {
+    "gan": GANModel,
+    "vae": VAEModel,
+    "marginal": MarginalModel,
+}
 STATISTICS_LABEL = "encoder-statistics"
 THRESHOLD_DELTA_SHARE = 0.1  # share of delta for thresholded category discovery
 
@@ -82,7 +89,8 @@ def _version(package: str) -> str:
 
 
 class TabularSynthesizer:
-    """A differentially private tabular synthesizer (``model="vae"`` or ``"gan"``).
+    """A differentially private tabular synthesizer (``model="vae"``, ``"gan"`` or
+    ``"marginal"``).
 
     ``epsilon=math.inf`` trains the same model without DP (statistics are then exact counts
     on the data-independent grids) for comparison."""
@@ -147,9 +155,15 @@ class TabularSynthesizer:
                 rng=rng,
             )
         self.encoder_ = TableEncoder.from_statistics(schema, stats)
-        rows = self.encoder_.transform(data, source=source)
         torch.manual_seed(int(rng.integers(2**31)))
         self.model_ = build_model(self.model, self.encoder_, self.model_options)
+        if isinstance(self.model_, MarginalModel):
+            self.history_ = fit_marginal_model(
+                self.model_, data, ledger=ledger, rng=rng, source=source
+            )
+            self.ledgers_ = {} if ledger is None else {"local": ledger}
+            return self
+        rows = self.encoder_.transform(data, source=source)
         noise = None
         public_rows = stats.row_count if private else len(rows)
         if private:

@@ -1,0 +1,146 @@
+"""The marginal model's federation: two rounds of noisy marginals instead of training rounds.
+
+1. Selection: every merchant measures all column pairs with its own Gaussian noise; the server
+   sums them (counts add, noise variances add) and keeps the maximum spanning tree of the
+   summed tables' noisy mutual information. No pooled row is ever needed.
+2. Measurement: the merchants that answered the selection measure the tree's pairs again.
+3. The server fits the model from both sums over the merchants that answered both (their rows
+   are the population both sums describe).
+
+Merchants that fail or refuse are reported in the round log like in the training rounds; the
+federation goes on without them as long as ``min_replies`` answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from server.schema_round import FederationError, wait_for_nodes
+from server.strategy import reply_document, sort_replies
+from synth_models.encoder import TableEncoder
+from synth_models.federation import CONFIG, DOCUMENT_KEY, MARGINALS, MARGINALS_MESSAGE, dumps
+from synth_models.marginal_fit import choose_tree
+from synth_models.marginal_model import MarginalModel
+from synth_models.marginals import (
+    MEASUREMENT,
+    SELECTION,
+    Clique,
+    MarginalRelease,
+    merge_releases,
+)
+
+logger = logging.getLogger(__name__)
+ROUNDS = {SELECTION: 1, MEASUREMENT: 2}
+
+
+@dataclass
+class MarginalRounds:
+    """What the two rounds produced: the fitted model's state, the tree and a log entry per
+    round (``round``, ``phase``, each merchant's outcome)."""
+
+    weights: dict
+    tree: list[Clique]
+    round_log: list[dict] = field(default_factory=list)
+
+
+def marginal_round(
+    grid: Grid,
+    *,
+    phase: str,
+    nodes: list[int],
+    document: dict,
+    timeout: float,
+    ledgers: dict[str, dict],
+    owners: dict[str, int],
+) -> tuple[dict[str, MarginalRelease], dict[str, dict]]:
+    """Send one phase's query to ``nodes``; each successful merchant's release and every
+    merchant's outcome."""
+    content = dumps({**document, "phase": phase})
+    messages = [
+        Message(
+            RecordDict({CONFIG: ConfigRecord({DOCUMENT_KEY: content})}),
+            message_type=MARGINALS_MESSAGE,
+            dst_node_id=node,
+        )
+        for node in nodes
+    ]
+    accepted, outcome = sort_replies(
+        grid.send_and_receive(messages, timeout=timeout), ledgers, owners
+    )
+    releases = {}
+    for msg, merchant in accepted:
+        try:
+            releases[merchant] = MarginalRelease.from_dict(reply_document(msg, MARGINALS))
+        except (KeyError, TypeError, ValueError) as exc:
+            outcome[merchant] = {"state": "failed", "reason": f"unreadable marginals ({exc})"}
+    for merchant, result in outcome.items():
+        if result["state"] != "ok":
+            logger.warning(
+                "marginals %s: %s %s: %s", phase, merchant, result["state"], result.get("reason")
+            )
+    return releases, outcome
+
+
+def _sum(releases: dict[str, MarginalRelease], phase: str, minimum: int) -> MarginalRelease:
+    if len(releases) < minimum:
+        raise FederationError(
+            f"marginals {phase}: {len(releases)} merchant(s) answered, at least {minimum} needed"
+        )
+    try:
+        return merge_releases(list(releases.values()))
+    except ValueError as exc:
+        raise FederationError(f"marginals {phase}: {exc}") from exc
+
+
+def run_marginal_rounds(
+    grid: Grid,
+    *,
+    encoder: TableEncoder,
+    model: MarginalModel,
+    document: dict,
+    min_replies: int,
+    min_nodes: int,
+    timeout: float,
+    ledgers: dict[str, dict],
+    owners: dict[str, int],
+) -> MarginalRounds:
+    """Selection, measurement and fit (see the module docstring)."""
+    document = {**document, "encoder": encoder.to_dict(), "schema": encoder.schema.to_dict()}
+    nodes = wait_for_nodes(grid, min_nodes, timeout)
+    selected, outcome = marginal_round(
+        grid,
+        phase=SELECTION,
+        nodes=nodes,
+        document=document,
+        timeout=timeout,
+        ledgers=ledgers,
+        owners=owners,
+    )
+    log = [{"round": ROUNDS[SELECTION], "phase": SELECTION, "merchants": outcome}]
+    tree = choose_tree(_sum(selected, SELECTION, min_replies), len(model.sizes))
+    names = [d.name for d in model.domains]
+    logger.info("marginals: tree %s", ", ".join(f"{names[a]}|{names[b]}" for a, b in tree))
+    measured, outcome = marginal_round(
+        grid,
+        phase=MEASUREMENT,
+        nodes=[owners[m] for m in selected],
+        document={**document, "tree": [list(pair) for pair in tree]},
+        timeout=timeout,
+        ledgers=ledgers,
+        owners=owners,
+    )
+    log.append({"round": ROUNDS[MEASUREMENT], "phase": MEASUREMENT, "merchants": outcome})
+    both = sorted(set(selected) & set(measured))
+    model.fit_releases(
+        [
+            _sum({m: selected[m] for m in both}, SELECTION, min_replies),
+            _sum({m: measured[m] for m in both}, MEASUREMENT, min_replies),
+        ],
+        tree,
+    )
+    logger.info("marginals: model fitted from %d merchant(s)", len(both))
+    return MarginalRounds(weights=model.state_dict(), tree=tree, round_log=log)

@@ -1,0 +1,119 @@
+"""What a data owner runs for the marginal model, and the one-owner fit.
+
+An owner releases noisy marginals twice: every pair (selection), then the selected tree's pairs
+(measurement). Each release is one Gaussian mechanism, checked against and recorded in the
+owner's ledger; the noise is planned so that the two end exactly at the budget
+(:func:`marginals.plan_noise_multiplier`). In a federation each merchant runs
+:func:`release_marginals` and the server sums the releases; a single owner is a federation of
+one (:func:`fit_marginal_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from privacy.ledger import BudgetExceededError, PrivacyLedger
+from synth_models.marginal_model import MarginalModel
+from synth_models.marginals import (
+    MEASUREMENT,
+    MEASUREMENT_LABEL,
+    SELECTION,
+    SELECTION_LABEL,
+    Clique,
+    MarginalRelease,
+    all_pairs,
+    discretize,
+    measure_marginals,
+    pair_scores,
+    plan_noise_multiplier,
+    select_tree,
+)
+from synth_models.schema import DataError
+
+logger = logging.getLogger(__name__)
+# A release with less budget left than this share would be noise alone: refused instead.
+MIN_REMAINING_SHARE = 0.01
+
+
+def release_marginals(
+    data: pd.DataFrame,
+    *,
+    model: MarginalModel,
+    ledger: PrivacyLedger | None,
+    phase: str,
+    tree: list[Clique] | None = None,
+    rng: np.random.Generator,
+    source: str | None = None,
+) -> MarginalRelease:
+    """This owner's noisy marginals for ``phase`` (selection: all pairs; measurement: the
+    ``tree``), recorded in ``ledger`` (None: exact counts, no DP). Raises
+    BudgetExceededError, before touching a row, when the budget cannot pay for it."""
+    if phase == SELECTION:
+        cliques = all_pairs(len(model.sizes))
+    else:
+        if tree is None:
+            raise ValueError("the measurement phase needs the selected tree")
+        cliques = model.measurement_cliques(tree)
+    if not cliques:
+        raise DataError("the marginal model needs at least one column pair", source=source)
+    if ledger is not None and ledger.remaining < ledger.epsilon_budget * MIN_REMAINING_SHARE:
+        raise BudgetExceededError(
+            f"privacy budget of {ledger.owner!r} is spent (epsilon {ledger.epsilon():.4f} of "
+            f"{ledger.epsilon_budget:.4f}); refusing the marginals' {phase}"
+        )
+    try:
+        noise = plan_noise_multiplier(ledger, phase=phase, selection_share=model.selection_share)
+    except ValueError as exc:  # what is left cannot pay for a useful release
+        raise BudgetExceededError(f"{ledger.owner!r}: {exc}; refusing the marginals") from exc
+    codes = discretize(data, model.encoder, model.domains, source=source)
+    if len(codes) == 0:
+        raise DataError("no row fits the shared encoder", source=source)
+    label = SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL
+    release, record = measure_marginals(
+        codes, sizes=model.sizes, cliques=cliques, noise_multiplier=noise, rng=rng, label=label
+    )
+    if ledger is not None:
+        ledger.check([record])
+        ledger.record(record)
+    logger.info(
+        "marginals %s: %d tables, noise multiplier %.3f (std per cell %.2f)",
+        phase,
+        len(cliques),
+        noise,
+        release.noise_var**0.5,
+    )
+    return release
+
+
+def choose_tree(selection: MarginalRelease, num_columns: int) -> list[Clique]:
+    """The pairs to measure: maximum spanning tree of the noisy mutual information."""
+    return select_tree(pair_scores(selection), num_columns)
+
+
+def fit_marginal_model(
+    model: MarginalModel,
+    data: pd.DataFrame,
+    *,
+    ledger: PrivacyLedger | None,
+    rng: np.random.Generator,
+    source: str | None = None,
+) -> list[dict]:
+    """Fit ``model`` on one owner's table: select, measure, estimate. Returns a history."""
+    selection = release_marginals(
+        data, model=model, ledger=ledger, phase=SELECTION, rng=rng, source=source
+    )
+    tree = choose_tree(selection, len(model.sizes))
+    measurement = release_marginals(
+        data, model=model, ledger=ledger, phase=MEASUREMENT, tree=tree, rng=rng, source=source
+    )
+    model.fit_releases([selection, measurement], tree)
+    names = [d.name for d in model.domains]
+    return [
+        {
+            "tree": [f"{names[a]}|{names[b]}" for a, b in tree],
+            "epsilon": ledger.epsilon() if ledger is not None else float("inf"),
+        }
+    ]

@@ -1,0 +1,318 @@
+"""The marginal model: a tree of noisy 2-way marginals (MST-style), fitted and sampled.
+
+Fitting is post-processing of noisy count tables (``marginals.MarginalRelease``), from one
+owner or summed over merchants: every measurement of a column or pair is combined by
+inverse-variance weighting (a pair table summed over one column is also a measurement of the
+other column), the estimates are projected onto non-negative tables of the estimated row
+count, and each tree pair is scaled (iterative proportional fitting) to the column estimates,
+so that pairs sharing a column agree on it. Sampling walks the tree: the root from its 1-way
+marginal, every other column from ``P(column | parent)``.
+
+The learnt state lives in buffers (``parents``, ``one_way``, ``conditionals``), so the model
+saves, loads and travels like the networks' weights; ``conditionals`` changes length with the
+tree and is resized on load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import torch
+from torch import nn
+
+from synth_models.encoder import UNIT_MARGIN, CategoricalTransform, TableEncoder
+from synth_models.marginals import Clique, ColumnDomain, MarginalRelease, column_domains
+
+IPF_ITERATIONS = 50
+
+
+# -- estimation (plain functions on noisy tables) ----------------------------------------------
+def project_to_simplex(values: np.ndarray, total: float) -> np.ndarray:
+    """The non-negative array summing to ``total`` nearest to ``values`` (Euclidean). It
+    subtracts one common threshold and clips: cells made of noise alone mostly go to zero."""
+    flat = np.asarray(values, dtype=float).ravel()
+    if total <= 0 or flat.size == 0:
+        return np.zeros_like(values, dtype=float)
+    ordered = np.sort(flat)[::-1]
+    cumulative = np.cumsum(ordered) - total
+    index = np.arange(1, flat.size + 1)
+    rho = np.flatnonzero(ordered - cumulative / index > 0)[-1]
+    threshold = cumulative[rho] / (rho + 1)
+    return np.maximum(flat - threshold, 0.0).reshape(np.shape(values))
+
+
+def _pair_view(clique: Clique, table: np.ndarray, pair: Clique) -> np.ndarray | None:
+    if clique == pair:
+        return table
+    if clique == pair[::-1]:
+        return table.T
+    return None
+
+
+def estimate_total(releases: list[MarginalRelease]) -> float:
+    """Row count: the inverse-variance weighted mean of every table's sum."""
+    values, weights = [], []
+    for release in releases:
+        for table in release.tables:
+            values.append(table.sum())
+            weights.append(1.0 / max(release.noise_var * table.size, 1e-12))
+    return max(float(np.average(values, weights=weights)), 1.0)
+
+
+def estimate_one_way(
+    releases: list[MarginalRelease], sizes: list[int], total: float
+) -> list[np.ndarray]:
+    """Each column's counts from every table that holds it (inverse-variance weighted)."""
+    estimates = []
+    for j, size in enumerate(sizes):
+        acc, weight = np.zeros(size), 0.0
+        for release in releases:
+            for clique, table in zip(release.cliques, release.tables, strict=True):
+                if j not in clique:
+                    continue
+                axis = clique.index(j)
+                vector = table.sum(axis=tuple(a for a in range(table.ndim) if a != axis))
+                w = 1.0 / max(release.noise_var * table.size / size, 1e-12)
+                acc, weight = acc + w * vector, weight + w
+        vector = acc / weight if weight else np.full(size, total / size)
+        estimates.append(project_to_simplex(vector, total))
+    return estimates
+
+
+def estimate_pair(
+    releases: list[MarginalRelease], pair: Clique, one_way: list[np.ndarray], total: float
+) -> np.ndarray:
+    """The pair's counts: its measurements combined, made non-negative and consistent with the
+    columns' estimates ``one_way``."""
+    a, b = pair
+    acc, weight = np.zeros((len(one_way[a]), len(one_way[b]))), 0.0
+    for release in releases:
+        for clique, table in zip(release.cliques, release.tables, strict=True):
+            view = _pair_view(clique, table, pair)
+            if view is not None:
+                w = 1.0 / max(release.noise_var, 1e-12)
+                acc, weight = acc + w * view, weight + w
+    if weight == 0:  # never measured: independence
+        return np.outer(one_way[a], one_way[b]) / max(total, 1e-12)
+    return proportional_fit(project_to_simplex(acc / weight, total), one_way[a], one_way[b])
+
+
+def proportional_fit(
+    table: np.ndarray, rows: np.ndarray, cols: np.ndarray, iterations: int = IPF_ITERATIONS
+) -> np.ndarray:
+    """Scale ``table`` to the row and column sums ``rows``/``cols`` (IPF). A row or column the
+    table has no mass in, but the target has, starts from independence."""
+    table = np.array(table, dtype=float)
+    independent = np.outer(rows, cols) / max(rows.sum(), 1e-12)
+    empty_rows = (table.sum(1) <= 0) & (rows > 0)
+    table[empty_rows] = independent[empty_rows]
+    empty_cols = (table.sum(0) <= 0) & (cols > 0)
+    table[:, empty_cols] = independent[:, empty_cols]
+    for _ in range(iterations):
+        sums = table.sum(1)
+        table *= np.divide(rows, sums, out=np.zeros_like(rows), where=sums > 0)[:, None]
+        sums = table.sum(0)
+        table *= np.divide(cols, sums, out=np.zeros_like(cols), where=sums > 0)[None, :]
+    return table
+
+
+def orient_tree(tree: list[Clique], num_columns: int) -> list[int]:
+    """Parent of each column (-1 for a root), breadth first from the lowest column of each
+    connected part."""
+    neighbours: dict[int, list[int]] = {j: [] for j in range(num_columns)}
+    for a, b in tree:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    parents, seen = [-1] * num_columns, set()
+    for start in range(num_columns):
+        if start in seen:
+            continue
+        seen.add(start)
+        queue = deque([start])
+        while queue:
+            node = queue.popleft()
+            for other in sorted(neighbours[node]):
+                if other not in seen:
+                    seen.add(other)
+                    parents[other] = node
+                    queue.append(other)
+    return parents
+
+
+def sampling_order(parents: list[int]) -> list[int]:
+    """Columns in an order where each parent comes before its children."""
+    order, placed = [], set()
+    pending = list(range(len(parents)))
+    while pending:
+        ready = [j for j in pending if parents[j] < 0 or parents[j] in placed]
+        if not ready:
+            raise ValueError(f"parents {parents} do not form a tree")
+        order += ready
+        placed.update(ready)
+        pending = [j for j in pending if j not in placed]
+    return order
+
+
+# -- the model ---------------------------------------------------------------------------------
+class MarginalModel(nn.Module):
+    """A tree-shaped graphical model over the discretized columns.
+
+    ``max_bins``: most values of a numeric column; ``selection_share``: the share of the
+    marginals' budget (in RDP terms) spent selecting the tree; ``one_way``: also measure every
+    column's 1-way marginal with the tree pairs."""
+
+    def __init__(
+        self,
+        encoder: TableEncoder,
+        *,
+        max_bins: int = 64,
+        selection_share: float = 0.3,
+        one_way: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.domains: list[ColumnDomain] = column_domains(encoder, max_bins=max_bins)
+        self.sizes = [d.size for d in self.domains]
+        self.selection_share = selection_share
+        self.measure_one_way = one_way
+        self.register_buffer("parents", torch.full((len(self.sizes),), -1, dtype=torch.long))
+        self.register_buffer(
+            "one_way",
+            torch.cat([torch.full((s,), 1.0 / s, dtype=torch.float64) for s in self.sizes]),
+        )
+        self.register_buffer("conditionals", torch.zeros(0, dtype=torch.float64))
+
+    # -- what to measure -----------------------------------------------------------------------
+    def measurement_cliques(self, tree: list[Clique]) -> list[Clique]:
+        singles = [(j,) for j in range(len(self.sizes))] if self.measure_one_way else []
+        return [*singles, *tree]
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit_releases(self, releases: list[MarginalRelease], tree: list[Clique]) -> None:
+        """Set the model from noisy measurements (post-processing only) and the tree."""
+        total = estimate_total(releases)
+        one_way = estimate_one_way(releases, self.sizes, total)
+        parents = orient_tree(tree, len(self.sizes))
+        blocks = []
+        for child, parent in enumerate(parents):
+            if parent < 0:
+                continue
+            joint = estimate_pair(releases, (parent, child), one_way, total)
+            blocks.append(_conditional(joint, one_way[child]).ravel())
+        self.parents = torch.tensor(parents, dtype=torch.long)
+        self.one_way = torch.from_numpy(np.concatenate([_normalized(v) for v in one_way])).double()
+        self.conditionals = torch.from_numpy(
+            np.concatenate(blocks) if blocks else np.zeros(0)
+        ).double()
+
+    @property
+    def tree(self) -> list[Clique]:
+        return [(min(p, c), max(p, c)) for c, p in enumerate(self.parents.tolist()) if p >= 0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "conditionals"
+        if key in state_dict:  # its length follows the fitted tree
+            self.conditionals = torch.zeros_like(state_dict[key], dtype=torch.float64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _tables(self) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        one_way, start = [], 0
+        for size in self.sizes:
+            one_way.append(self.one_way[start : start + size])
+            start += size
+        parents = self.parents.tolist()
+        expected = sum(self.sizes[p] * self.sizes[c] for c, p in enumerate(parents) if p >= 0)
+        if expected != len(self.conditionals) or any(p >= len(parents) for p in parents):
+            raise ValueError("conditionals do not match the tree and the encoder's domains")
+        conditionals, start = {}, 0
+        for child, parent in enumerate(parents):
+            if parent >= 0:
+                shape = (self.sizes[parent], self.sizes[child])
+                block = self.conditionals[start : start + math.prod(shape)].reshape(shape)
+                conditionals[child] = block
+                start += math.prod(shape)
+        return one_way, conditionals
+
+    @torch.no_grad()
+    def sample_codes(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Discrete codes (n x columns) drawn from the tree."""
+        one_way, conditionals = self._tables()
+        parents = self.parents.tolist()
+        codes = torch.zeros((n, len(self.sizes)), dtype=torch.long)
+        for j in sampling_order(parents):
+            if parents[j] < 0:
+                probabilities = one_way[j].expand(n, -1)
+            else:
+                probabilities = conditionals[j][codes[:, parents[j]]]
+            codes[:, j] = _draw(probabilities, generator)
+        return codes
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, generator: torch.Generator, cond_index: int | None = None
+    ) -> torch.Tensor:
+        """``n`` rows in the encoder's matrix layout (conditions: rejection, by the caller)."""
+        del cond_index
+        codes = self.sample_codes(n, generator)
+        blocks = []
+        for j, domain in enumerate(self.domains):
+            t = self.encoder.transforms[domain.name]
+            column = codes[:, j]
+            if isinstance(t, CategoricalTransform):
+                blocks.append(nn.functional.one_hot(column, t.width).float())
+            else:
+                blocks.append(_numeric_block(column, domain, t.n_modes, t.width, generator))
+        return torch.cat(blocks, dim=1)
+
+
+def _normalized(vector: np.ndarray) -> np.ndarray:
+    total = vector.sum()
+    return vector / total if total > 0 else np.full(len(vector), 1.0 / len(vector))
+
+
+def _conditional(joint: np.ndarray, child: np.ndarray) -> np.ndarray:
+    """Rows of ``P(child | parent)``; a parent value without mass falls back to the child's
+    own marginal."""
+    sums = joint.sum(1, keepdims=True)
+    fallback = _normalized(child)[None, :]
+    return np.where(sums > 0, joint / np.where(sums > 0, sums, 1.0), fallback)
+
+
+def _draw(probabilities: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One category per row by inverting each row's CDF."""
+    cdf = probabilities.cumsum(dim=1)
+    u = torch.rand((len(probabilities), 1), generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probabilities.shape[1] - 1)[:, 0]
+
+
+def _numeric_block(
+    codes: torch.Tensor,
+    domain: ColumnDomain,
+    n_modes: int,
+    width: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The encoder's mode/offset (and missing pair) of a value drawn uniformly in unit space
+    within each row's group of DP bins: the DP CDF restricted to the group."""
+    n = len(codes)
+    groups = domain.groups
+    missing = codes >= groups
+    group = codes.clamp(max=groups - 1)
+    edges = torch.tensor(domain.edges, dtype=torch.float64)
+    low, high = edges[group], edges[group + 1]
+    span = (high - low).clamp(min=1e-12)
+    # Off the group's ends by more than the float32 resolution of the encoded offset.
+    margin = (UNIT_MARGIN / n_modes / span).clamp(max=0.5)
+    inside = torch.rand(n, generator=generator, dtype=torch.float64)
+    u = (low + span * (margin + inside * (1 - 2 * margin))) * n_modes
+    mode = u.floor().clamp(0, n_modes - 1)
+    out = torch.zeros((n, width), dtype=torch.float32)
+    out[torch.arange(n), mode.long()] = 1.0
+    out[:, n_modes] = ((u - mode) * 2.0 - 1.0).clamp(-1.0, 1.0).float()
+    if domain.has_missing:
+        out[:, n_modes + 1] = (~missing).float()
+        out[:, n_modes + 2] = missing.float()
+    return out

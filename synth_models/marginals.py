@@ -1,0 +1,276 @@
+"""Noisy marginals of a discretized table: the measurements of the marginal (MST-style) model.
+
+A table is discretized column by column with the shared encoder, which was built from DP
+statistics only: a categorical column's values are its categories (plus the missing slot); a
+numeric or datetime column's values are groups of the encoder's DP bins, taken in unit space
+(``u = F(x)``, the DP CDF), at most ``max_bins`` of them of about equal DP mass (public
+post-processing). Either way the discretization is known to everyone before a row is read.
+
+A release measures the count tables of ``k`` cliques (one column or a pair) at once. Each row
+adds exactly 1 to one cell of every table, so the tables together have L2 sensitivity
+``sqrt(k)`` under adding or removing a row, and one Gaussian mechanism with noise
+``noise_multiplier * sqrt(k)`` per cell covers them: one ledger record, ``sample_rate = 1``,
+one step. Releases are additive: merchants' tables and noise variances sum.
+
+Pair selection (as in MST) keeps the maximum spanning tree of the pairs' mutual information,
+computed from noisy pair tables only: post-processing of a DP release, in a federation of the
+merchants' summed releases (no pooled rows are ever needed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from privacy.calibration import calibrate_noise_multiplier
+from privacy.ledger import MechanismRecord, PrivacyLedger
+from synth_models.encoder import CategoricalTransform, QuantileTransform, TableEncoder
+from synth_models.schema import DATETIME, datetime_seconds, numeric_values
+
+SELECTION_LABEL = "marginals-selection"
+MEASUREMENT_LABEL = "marginals-measurement"
+SELECTION, MEASUREMENT = "selection", "measurement"
+
+Clique = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ColumnDomain:
+    """The discrete values of one column. Numeric: ``edges`` are the unit-space bounds of each
+    group of DP bins (``size + 1`` of them; the missing slot, if any, is the last value)."""
+
+    name: str
+    kind: str  # "categorical" | "numeric"
+    size: int
+    edges: tuple[float, ...] = ()
+    has_missing: bool = False
+
+    @property
+    def groups(self) -> int:
+        return self.size - int(self.has_missing) if self.kind == "numeric" else self.size
+
+
+def _group_edges(transform: QuantileTransform, max_bins: int) -> tuple[float, ...]:
+    """Unit-space edges of at most ``max_bins`` groups of consecutive DP bins of about equal
+    DP mass (each bin its own group when there are few enough)."""
+    cdf = transform.cdf
+    if len(transform.masses) <= max_bins:
+        return tuple(float(c) for c in cdf)
+    middles = (cdf[:-1] + cdf[1:]) / 2
+    group = np.minimum((middles * max_bins).astype(np.int64), max_bins - 1)
+    starts = np.flatnonzero(np.diff(group, prepend=-1))
+    return (*(float(cdf[i]) for i in starts), 1.0)
+
+
+def column_domains(encoder: TableEncoder, *, max_bins: int) -> list[ColumnDomain]:
+    """The discrete domain of every column, in the encoder's column order."""
+    if max_bins < 1:
+        raise ValueError(f"max_bins must be >= 1, got {max_bins}")
+    domains = []
+    for name, t in encoder.transforms.items():
+        if isinstance(t, CategoricalTransform):
+            domains.append(ColumnDomain(name, "categorical", t.width, has_missing=t.has_missing))
+        else:
+            edges = _group_edges(t, max_bins)
+            size = len(edges) - 1 + int(t.has_missing)
+            domains.append(ColumnDomain(name, "numeric", size, edges, t.has_missing))
+    return domains
+
+
+def discretize(
+    data: pd.DataFrame,
+    encoder: TableEncoder,
+    domains: list[ColumnDomain],
+    *,
+    source: str | None = None,
+) -> np.ndarray:
+    """Integer codes (rows x columns) of a validated table. Rows that the encoder cannot hold
+    (a category outside the DP domain, a missing value without a missing slot) are left out,
+    as the encoder leaves them out of the other models' training."""
+    codes = np.zeros((len(data), len(domains)), dtype=np.int64)
+    keep = np.ones(len(data), dtype=bool)
+    for j, domain in enumerate(domains):
+        t = encoder.transforms[domain.name]
+        values = data[domain.name]
+        if isinstance(t, CategoricalTransform):
+            column = t.codes(values)
+            keep &= column >= 0
+        else:
+            spec = encoder.schema[domain.name]
+            x = (
+                datetime_seconds(values, spec, source)
+                if spec.kind == DATETIME
+                else numeric_values(values, spec, source)
+            )
+            missing = np.isnan(x)
+            u = t.to_unit(np.where(missing, t.lows[0], x))
+            column = np.searchsorted(np.asarray(domain.edges[1:-1]), u, side="right")
+            if domain.has_missing:
+                column[missing] = domain.size - 1
+            else:
+                keep &= ~missing
+        codes[:, j] = np.maximum(column, 0)
+    return codes[keep]
+
+
+def all_pairs(num_columns: int) -> list[Clique]:
+    return list(itertools.combinations(range(num_columns), 2))
+
+
+def count_marginals(codes: np.ndarray, sizes: list[int], cliques: list[Clique]) -> list[np.ndarray]:
+    """Exact count table of each clique."""
+    tables = []
+    for clique in cliques:
+        shape = tuple(sizes[j] for j in clique)
+        flat = np.ravel_multi_index(tuple(codes[:, j] for j in clique), shape)
+        tables.append(np.bincount(flat, minlength=math.prod(shape)).reshape(shape).astype(float))
+    return tables
+
+
+@dataclass
+class MarginalRelease:
+    """Noisy count tables of ``cliques`` (one owner's, or the sum over several owners')."""
+
+    cliques: list[Clique]
+    tables: list[np.ndarray]
+    noise_var: float  # per cell, the same in every table of the release
+    contributors: int = 1
+
+    def to_dict(self) -> dict:
+        return {
+            "cliques": [list(c) for c in self.cliques],
+            "shapes": [list(t.shape) for t in self.tables],
+            "tables": [t.tolist() for t in self.tables],
+            "noise_var": self.noise_var,
+            "contributors": self.contributors,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MarginalRelease:
+        tables = [
+            np.asarray(t, dtype=float).reshape(shape)
+            for t, shape in zip(d["tables"], d["shapes"], strict=True)
+        ]
+        return cls(
+            cliques=[tuple(int(j) for j in c) for c in d["cliques"]],
+            tables=tables,
+            noise_var=float(d["noise_var"]),
+            contributors=int(d.get("contributors", 1)),
+        )
+
+
+def merge_releases(parts: list[MarginalRelease]) -> MarginalRelease:
+    """Sum owners' releases of the same cliques: counts add, noise variances add."""
+    if not parts:
+        raise ValueError("no marginals to merge")
+    first = parts[0]
+    for part in parts[1:]:
+        shapes = [t.shape for t in part.tables]
+        if part.cliques != first.cliques or shapes != [t.shape for t in first.tables]:
+            raise ValueError("releases measure different cliques or domains")
+    return MarginalRelease(
+        cliques=list(first.cliques),
+        tables=[np.sum([p.tables[i] for p in parts], axis=0) for i in range(len(first.tables))],
+        noise_var=sum(p.noise_var for p in parts),
+        contributors=sum(p.contributors for p in parts),
+    )
+
+
+def measure_marginals(
+    codes: np.ndarray,
+    *,
+    sizes: list[int],
+    cliques: list[Clique],
+    noise_multiplier: float,
+    rng: np.random.Generator,
+    label: str,
+) -> tuple[MarginalRelease, MechanismRecord]:
+    """One Gaussian release of the count tables of ``cliques`` and its ledger record."""
+    if noise_multiplier < 0:
+        raise ValueError("noise_multiplier must be >= 0 (0: exact counts, no DP)")
+    if not cliques:
+        raise ValueError("no cliques to measure")
+    std = noise_multiplier * math.sqrt(len(cliques))
+    tables = [t + rng.normal(0.0, std, t.shape) for t in count_marginals(codes, sizes, cliques)]
+    release = MarginalRelease(list(cliques), tables, std**2)
+    return release, MechanismRecord(label, noise_multiplier, 1.0, 1)
+
+
+def plan_noise_multiplier(
+    ledger: PrivacyLedger | None, *, phase: str, selection_share: float
+) -> float:
+    """Noise of the next marginal release, so that selection then measurement end exactly at
+    the ledger's budget. Both are Gaussian (``sample_rate = 1``), whose RDP is ``alpha / (2
+    sigma^2)``: the remaining budget is one Gaussian of noise ``s`` split into ``1/s^2 =
+    share/s^2 + (1 - share)/s^2``. Selection takes ``share`` of it; measurement takes what is
+    left, calibrated on the ledger itself (0 without a ledger: exact counts)."""
+    if phase not in (SELECTION, MEASUREMENT):
+        raise ValueError(f"unknown phase {phase!r}")
+    if not 0 < selection_share < 1:
+        raise ValueError("selection_share must be in (0, 1)")
+    if ledger is None:
+        return 0.0
+    label = SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL
+    remaining = calibrate_noise_multiplier(
+        ledger, target_epsilon=ledger.epsilon_budget, sample_rate=1.0, steps=1, label=label
+    )
+    return remaining / math.sqrt(selection_share) if phase == SELECTION else remaining
+
+
+def mutual_information(table: np.ndarray) -> float:
+    """Mutual information (nats) of a (noisy) 2-way count table, negative counts clipped."""
+    joint = np.clip(np.asarray(table, dtype=float), 0.0, None)
+    total = joint.sum()
+    if total <= 0:
+        return 0.0
+    joint = joint / total
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    mask = joint > 0
+    return float(np.sum(joint[mask] * np.log(joint[mask] / outer[mask])))
+
+
+def pair_scores(release: MarginalRelease, *, draws: int = 3, seed: int = 0) -> dict[Clique, float]:
+    """Noisy mutual information of each pair in a release, less what noise alone shows: the
+    mean mutual information of tables of independent columns with the same (noisy) margins
+    and the same noise, clipped the same way. Without it, pairs with large domains would win
+    on noise. Post-processing only (the simulated noise is seeded, not the data's)."""
+    rng = np.random.default_rng(seed)
+    std = math.sqrt(release.noise_var)
+    scores = {}
+    for clique, table in zip(release.cliques, release.tables, strict=True):
+        if len(clique) != 2:
+            continue
+        clipped = np.clip(table, 0.0, None)
+        total = max(clipped.sum(), 1.0)
+        independent = np.outer(clipped.sum(1), clipped.sum(0)) / total
+        noise_only = np.mean(
+            [
+                mutual_information(independent + rng.normal(0.0, std, table.shape))
+                for _ in range(draws if std > 0 else 1)
+            ]
+        )
+        scores[clique] = mutual_information(table) - float(noise_only)
+    return scores
+
+
+def select_tree(scores: dict[Clique, float], num_columns: int) -> list[Clique]:
+    """Kruskal: the maximum spanning tree (a forest if pairs are missing) of ``scores``."""
+    parent = list(range(num_columns))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    tree = []
+    for (a, b), _ in sorted(scores.items(), key=lambda item: (-item[1], item[0])):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[ra] = rb
+            tree.append((min(a, b), max(a, b)))
+    return tree

@@ -1,0 +1,145 @@
+"""The marginal model: estimation from noisy tables, sampling, and the synthesizer around it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from simulations.datasets import Dataset, load_dataset
+from synth_models.marginal_model import (
+    MarginalModel,
+    orient_tree,
+    project_to_simplex,
+    proportional_fit,
+    sampling_order,
+)
+from synth_models.marginals import MEASUREMENT_LABEL, SELECTION_LABEL
+from synth_models.synthesizer import STATISTICS_LABEL, TabularSynthesizer
+
+EPSILON, DELTA = 1.0, 1e-5
+
+
+@pytest.fixture(scope="module")
+def pizza() -> Dataset:
+    return load_dataset("pizzaplace")
+
+
+@pytest.fixture(scope="module")
+def fitted(pizza: Dataset) -> TabularSynthesizer:
+    synth = TabularSynthesizer(
+        pizza.metadata, model="marginal", epsilon=EPSILON, delta=DELTA, seed=0
+    )
+    return synth.fit(pizza.table, source="pizzaplace.csv.gz")
+
+
+def test_project_to_simplex() -> None:
+    x = np.array([5.0, -1.0, 0.5, 3.0])
+    p = project_to_simplex(x, 6.0)
+    assert p.min() >= 0 and p.sum() == pytest.approx(6.0)
+    np.testing.assert_allclose(p, [4.0, 0.0, 0.0, 2.0])  # one shift, then clipped
+    table = np.array([[4.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(project_to_simplex(table, 6.0), table)  # already feasible
+
+
+def test_proportional_fit_matches_both_margins_and_keeps_zeros() -> None:
+    table = np.array([[5.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
+    rows, cols = np.array([3.0, 7.0]), np.array([2.0, 4.0, 4.0])
+    fitted = proportional_fit(table, rows, cols)
+    np.testing.assert_allclose(fitted.sum(1), rows, rtol=1e-6)
+    np.testing.assert_allclose(fitted.sum(0), cols, rtol=1e-6)
+    assert fitted[0, 2] == 0 and fitted[1, 0] == 0
+    # a row without mass in the table but with mass in the target starts from independence
+    empty = proportional_fit(np.array([[1.0, 1.0], [0.0, 0.0]]), np.array([1, 1.0]), np.ones(2))
+    np.testing.assert_allclose(empty, [[0.5, 0.5], [0.5, 0.5]], rtol=1e-6)
+
+
+def test_tree_orientation_and_order() -> None:
+    parents = orient_tree([(0, 2), (2, 3), (1, 3)], 5)
+    assert parents == [-1, 3, 0, 2, -1]
+    order = sampling_order(parents)
+    assert all(order.index(p) < order.index(c) for c, p in enumerate(parents) if p >= 0)
+    with pytest.raises(ValueError, match="tree"):
+        sampling_order([1, 0])
+
+
+def test_ledger_holds_the_three_releases_and_ends_at_the_budget(
+    fitted: TabularSynthesizer,
+) -> None:
+    ledger = fitted.ledgers_["local"]
+    assert [r.label for r in ledger.records] == [
+        STATISTICS_LABEL,
+        SELECTION_LABEL,
+        MEASUREMENT_LABEL,
+    ]
+    assert EPSILON * 0.995 <= fitted.epsilon_spent <= EPSILON
+
+
+def test_sampling_reproduces_name_determines_type(
+    fitted: TabularSynthesizer, pizza: Dataset
+) -> None:
+    synthetic = fitted.sample(20_000, seed=0)
+    real_type = pizza.table.groupby("name")["type"].first()
+    assert (pizza.table.groupby("name")["type"].nunique() == 1).all()
+    agrees = synthetic["type"].to_numpy() == real_type.loc[synthetic["name"]].to_numpy()
+    assert agrees.mean() > 0.995
+    # every pizza name appears, with about its real share
+    shares = synthetic["name"].value_counts(normalize=True)
+    real = pizza.table["name"].value_counts(normalize=True)
+    assert 0.5 * (shares - real).abs().sum() < 0.03
+
+
+def test_sample_has_the_real_columns_dtypes_and_domains(
+    fitted: TabularSynthesizer, pizza: Dataset
+) -> None:
+    synthetic = fitted.sample(1234, seed=1)
+    assert len(synthetic) == 1234
+    pd.testing.assert_series_equal(synthetic.dtypes, pizza.table.dtypes)
+    assert synthetic.notna().all().all()
+    assert synthetic["hour"].between(0, 23).all()
+    assert set(synthetic["size"]) <= {"S", "M", "L", "XL", "XXL"}
+    # prices have the DP number of decimals
+    assert np.allclose(synthetic["price"], synthetic["price"].round(2))
+
+
+def test_save_load_and_conditional_sampling(fitted: TabularSynthesizer, tmp_path) -> None:
+    before = fitted.sample(500, seed=3)
+    fitted.save(tmp_path / "synth")
+    loaded = TabularSynthesizer.load(tmp_path / "synth")
+    pd.testing.assert_frame_equal(loaded.sample(500, seed=3), before)
+    assert loaded.model_.tree == fitted.model_.tree
+    assert loaded.epsilon_spent == fitted.epsilon_spent
+    veggie = loaded.sample(200, conditions={"type": "veggie"}, seed=4)
+    assert (veggie["type"] == "veggie").all() and len(veggie) == 200
+
+
+def test_loading_a_state_of_another_tree_resizes(fitted: TabularSynthesizer) -> None:
+    fresh = MarginalModel(fitted.encoder_)
+    assert fresh.conditionals.numel() == 0
+    fresh.load_state_dict(fitted.model_.state_dict())
+    assert torch.equal(fresh.conditionals, fitted.model_.conditionals)
+    broken = dict(fitted.model_.state_dict())
+    broken["conditionals"] = broken["conditionals"][:-1]
+    fresh.load_state_dict(broken)
+    with pytest.raises(ValueError, match="do not match"):
+        fresh.generate(10, torch.Generator().manual_seed(0))
+
+
+def test_non_private_fit_reproduces_the_tree_pairs(pizza: Dataset) -> None:
+    synth = TabularSynthesizer(pizza.metadata, model="marginal", epsilon=math.inf, seed=0)
+    synth.fit(pizza.table)
+    assert synth.ledgers_ == {}
+    synthetic = synth.sample(len(pizza.table), seed=0)
+    real = pd.crosstab(pizza.table["name"], pizza.table["size"], normalize=True)
+    fake = pd.crosstab(synthetic["name"], synthetic["size"], normalize=True)
+    fake = fake.reindex_like(real).fillna(0.0)
+    # name and size are joined through price in the tree: close, not exact
+    assert 0.5 * (real - fake).abs().to_numpy().sum() < 0.12
+    joint = pd.crosstab(synthetic["name"], synthetic["type"], normalize=True)
+    real_joint = pd.crosstab(pizza.table["name"], pizza.table["type"], normalize=True)
+    assert (
+        0.5 * (real_joint - joint.reindex_like(real_joint).fillna(0)).abs().to_numpy().sum() < 0.02
+    )

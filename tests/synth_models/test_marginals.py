@@ -1,0 +1,276 @@
+"""Noisy marginals: discretization, the Gaussian releases and their ledger records, the
+federated sum, and the private choice of pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from client.guard import reply_problems
+from client.merchant import marginals_round
+from client.state import MerchantState
+from privacy.ledger import RDP_ORDERS, BudgetExceededError, MechanismRecord, PrivacyLedger
+from simulations.datasets import load_dataset
+from synth_models.encoder import TableEncoder
+from synth_models.federation import DOCUMENT_KEY, MARGINALS, MAX_MARGINAL_DOMAIN, dumps
+from synth_models.marginal_fit import choose_tree, release_marginals
+from synth_models.marginal_model import MarginalModel
+from synth_models.marginals import (
+    MEASUREMENT,
+    MEASUREMENT_LABEL,
+    SELECTION,
+    SELECTION_LABEL,
+    MarginalRelease,
+    all_pairs,
+    column_domains,
+    count_marginals,
+    discretize,
+    measure_marginals,
+    merge_releases,
+    select_tree,
+)
+from synth_models.synthesizer import STATISTICS_LABEL, release_encoder_statistics
+
+EPSILON, DELTA = 1.0, 1e-5
+
+
+@pytest.fixture(scope="module")
+def pizza():
+    dataset = load_dataset("pizzaplace")
+    return dataset.schema(), dataset.table
+
+
+@pytest.fixture(scope="module")
+def encoder(pizza) -> TableEncoder:
+    schema, table = pizza
+    ledger = PrivacyLedger(epsilon_budget=EPSILON, delta=DELTA)
+    stats = release_encoder_statistics(
+        table, schema, ledger, epsilon=0.1, rng=np.random.default_rng(0)
+    )
+    return TableEncoder.from_statistics(schema, stats)
+
+
+def test_discretize_follows_the_encoder_domains(pizza, encoder) -> None:
+    _, table = pizza
+    domains = column_domains(encoder, max_bins=6)
+    codes = discretize(table, encoder, domains)
+    assert codes.shape == (len(table), 8)
+    for j, domain in enumerate(domains):
+        assert codes[:, j].min() >= 0 and codes[:, j].max() < domain.size
+        if domain.kind == "numeric":
+            assert domain.size <= 6 and len(domain.edges) == domain.groups + 1
+    # categorical codes are the encoder's slots
+    size = encoder.transforms["size"]
+    assert (codes[:, 4] == size.codes(table["size"])).all()
+    # a numeric group holds the values whose DP CDF falls in it
+    price = encoder.transforms["price"]
+    u = price.to_unit(table["price"].to_numpy(float))
+    edges = np.asarray(domains[6].edges)
+    assert ((u >= edges[codes[:, 6]]) & (u <= edges[codes[:, 6] + 1])).all()
+
+
+def _independent_epsilon(records: list[MechanismRecord], delta: float) -> float:
+    """Epsilon recomputed without the ledger: Gaussian RDP alpha / (2 sigma^2) for q = 1,
+    Opacus' subsampled-Gaussian RDP otherwise, summed and converted once."""
+    orders = np.asarray(RDP_ORDERS)
+    rdp = np.zeros(len(orders))
+    for r in records:
+        if r.sample_rate == 1.0:
+            rdp += r.steps * orders / (2 * r.noise_multiplier**2)
+        else:
+            rdp += np.asarray(
+                compute_rdp(
+                    q=r.sample_rate,
+                    noise_multiplier=r.noise_multiplier,
+                    steps=r.steps,
+                    orders=list(orders),
+                )
+            )
+    eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    return float(eps)
+
+
+@pytest.mark.parametrize("dp_sgd", [False, True], ids=["marginals", "after-dp-sgd"])
+def test_ledger_epsilon_equals_independent_recomputation(pizza, encoder, dp_sgd) -> None:
+    """Selection and measurement end at the budget, and what the ledger says they cost is an
+    independent RDP recomputation, alone and composed with an earlier DP-SGD spend."""
+    schema, table = pizza
+    ledger = PrivacyLedger(epsilon_budget=EPSILON, delta=DELTA)
+    release_encoder_statistics(table, schema, ledger, epsilon=0.1, rng=np.random.default_rng(1))
+    if dp_sgd:
+        ledger.record(MechanismRecord("dp-sgd", 2.0, 0.01, 50))
+    model = MarginalModel(encoder)
+    rng = np.random.default_rng(2)
+    selection = release_marginals(table, model=model, ledger=ledger, phase=SELECTION, rng=rng)
+    tree = choose_tree(selection, len(model.sizes))
+    release_marginals(table, model=model, ledger=ledger, phase=MEASUREMENT, tree=tree, rng=rng)
+    labels = [r.label for r in ledger.records]
+    assert labels[-2:] == [SELECTION_LABEL, MEASUREMENT_LABEL]
+    assert labels[0] == STATISTICS_LABEL
+    assert all(r.sample_rate == 1.0 and r.steps == 1 for r in ledger.records[-2:])
+    # the statistics release thresholds categories only for unknown domains (none here)
+    assert ledger.extra_delta == 0.0
+    expected = _independent_epsilon(ledger.records, DELTA)
+    assert ledger.epsilon() == pytest.approx(expected, rel=1e-9)
+    assert EPSILON * 0.995 <= ledger.epsilon() <= EPSILON
+    # the noise added is the noise recorded: sigma * sqrt(k) per cell for k tables
+    record = ledger.records[-2]
+    assert selection.noise_var == pytest.approx(record.noise_multiplier**2 * len(selection.cliques))
+    # nothing left: the next release is refused before it runs
+    with pytest.raises(BudgetExceededError):
+        release_marginals(table, model=model, ledger=ledger, phase=SELECTION, rng=rng)
+
+
+def test_noise_is_gaussian_with_the_recorded_scale(pizza, encoder) -> None:
+    _, table = pizza
+    domains = column_domains(encoder, max_bins=64)
+    sizes = [d.size for d in domains]
+    codes = discretize(table, encoder, domains)
+    pairs = all_pairs(len(sizes))
+    exact = count_marginals(codes, sizes, pairs)
+    release, record = measure_marginals(
+        codes,
+        sizes=sizes,
+        cliques=pairs,
+        noise_multiplier=3.0,
+        rng=np.random.default_rng(3),
+        label=SELECTION_LABEL,
+    )
+    noise = np.concatenate([(n - e).ravel() for n, e in zip(release.tables, exact, strict=True)])
+    assert record == MechanismRecord(SELECTION_LABEL, 3.0, 1.0, 1)
+    assert noise.std() == pytest.approx(3.0 * math.sqrt(len(pairs)), rel=0.05)
+    assert abs(noise.mean()) < 4 * noise.std() / math.sqrt(noise.size)
+
+
+def test_summed_merchant_marginals_equal_the_pooled_marginals_in_expectation(
+    pizza, encoder
+) -> None:
+    """K merchants' releases, sent as JSON and summed, are the pooled table's marginals plus
+    zero-mean noise of K times one merchant's variance (many seeded repetitions)."""
+    _, table = pizza
+    sample = table.sample(3000, random_state=0).reset_index(drop=True)
+    parts = np.array_split(np.random.default_rng(0).permutation(len(sample)), 3)
+    merchants = [sample.iloc[p].reset_index(drop=True) for p in parts]
+    model = MarginalModel(encoder)
+    tree = [(3, 5), (4, 6)]
+    pooled = count_marginals(
+        discretize(sample, encoder, model.domains), model.sizes, model.measurement_cliques(tree)
+    )
+    differences, variances = [], []
+    for repeat in range(40):
+        releases = []
+        for i, rows in enumerate(merchants):
+            # a fresh budget each repetition (the DP row count came from a schema round)
+            state = MerchantState(merchant=f"merchant-{i}", dp_rows=float(len(rows)))
+            release, metrics = marginals_round(
+                rows,
+                encoder=encoder,
+                model_options={},
+                state=state,
+                epsilon=EPSILON,
+                delta=DELTA,
+                phase=MEASUREMENT,
+                tree=[list(p) for p in tree],
+                seed=1000 + repeat * 10 + i,
+                source="test",
+            )
+            assert metrics["epsilon"] <= EPSILON
+            wire = json.loads(dumps(release.to_dict()))
+            releases.append(MarginalRelease.from_dict(wire))
+        total = merge_releases(releases)
+        assert total.contributors == 3
+        assert total.noise_var == pytest.approx(sum(r.noise_var for r in releases))
+        differences.append(
+            np.concatenate([(t - p).ravel() for t, p in zip(total.tables, pooled, strict=True)])
+        )
+        variances.append(total.noise_var)
+    differences = np.asarray(differences)
+    var = float(np.mean(variances))
+    # unbiased: the mean over repetitions of every cell is within 4.5 standard errors of 0
+    standard_error = math.sqrt(var / len(differences))
+    assert np.abs(differences.mean(axis=0)).max() < 4.5 * standard_error
+    # and the spread is the summed noise of the merchants
+    assert differences.var() == pytest.approx(var, rel=0.05)
+    # exact counts sum exactly
+    exact = merge_releases(
+        [
+            measure_marginals(
+                discretize(rows, encoder, model.domains),
+                sizes=model.sizes,
+                cliques=model.measurement_cliques(tree),
+                noise_multiplier=0.0,
+                rng=np.random.default_rng(0),
+                label=MEASUREMENT_LABEL,
+            )[0]
+            for rows in merchants
+        ]
+    )
+    for summed, whole in zip(exact.tables, pooled, strict=True):
+        np.testing.assert_array_equal(summed, whole)
+
+
+def test_merge_refuses_different_cliques() -> None:
+    a = MarginalRelease([(0, 1)], [np.zeros((2, 3))], 1.0)
+    b = MarginalRelease([(0, 2)], [np.zeros((2, 3))], 1.0)
+    with pytest.raises(ValueError, match="different cliques"):
+        merge_releases([a, b])
+
+
+def test_select_tree_is_a_maximum_spanning_tree() -> None:
+    scores = {(0, 1): 5.0, (0, 2): 1.0, (1, 2): 4.0, (2, 3): 0.5, (1, 3): 0.7, (0, 3): 0.1}
+    assert select_tree(scores, 4) == [(0, 1), (1, 2), (1, 3)]
+
+
+def test_noisy_selection_finds_the_strong_pairs(pizza, encoder) -> None:
+    """At epsilon = 1 the private tree holds name-type, name-price and size-price."""
+    schema, table = pizza
+    ledger = PrivacyLedger(epsilon_budget=EPSILON, delta=DELTA)
+    release_encoder_statistics(table, schema, ledger, epsilon=0.1, rng=np.random.default_rng(4))
+    model = MarginalModel(encoder)
+    selection = release_marginals(
+        table, model=model, ledger=ledger, phase=SELECTION, rng=np.random.default_rng(5)
+    )
+    names = [d.name for d in model.domains]
+    tree = {(names[a], names[b]) for a, b in choose_tree(selection, len(names))}
+    assert {("name", "type"), ("name", "price"), ("size", "price")} <= tree
+    assert len(tree) == len(names) - 1
+
+
+def _reply(document: dict):
+    from flwr.app import ConfigRecord, RecordDict
+
+    return RecordDict({MARGINALS: ConfigRecord({DOCUMENT_KEY: dumps(document)})})
+
+
+def test_guard_lets_noisy_marginals_out_and_nothing_per_row(encoder, pizza) -> None:
+    _, table = pizza
+    model = MarginalModel(encoder)
+    codes = discretize(table.head(500), encoder, model.domains)
+    release, _ = measure_marginals(
+        codes,
+        sizes=model.sizes,
+        cliques=all_pairs(len(model.sizes)),
+        noise_multiplier=1.0,
+        rng=np.random.default_rng(0),
+        label=SELECTION_LABEL,
+    )
+    assert reply_problems(_reply(release.to_dict())) == []
+    rows = pd.Series(table["price"].head(MAX_MARGINAL_DOMAIN + 1)).tolist()
+    per_row = {**release.to_dict(), "cliques": [[6]], "shapes": [[len(rows)]], "tables": [rows]}
+    assert "not a column or pair domain" in " ".join(reply_problems(_reply(per_row)))
+    lying = {**release.to_dict(), "shapes": [[2, 2]] * len(release.cliques)}
+    assert "is not a [2, 2] table" in " ".join(reply_problems(_reply(lying)))
+    extra = {**release.to_dict(), "rows": [1, 2, 3]}
+    assert reply_problems(_reply(extra))
+    three_way = {
+        **release.to_dict(),
+        "cliques": [[0, 1, 2]],
+        "shapes": [[2, 2, 2]],
+        "tables": [[[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]],
+    }
+    assert reply_problems(_reply(three_way))
