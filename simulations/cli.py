@@ -311,6 +311,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """fedsynth against SDV synthesizers, one split (simulations/benchmarks/compare.py)."""
+    from simulations.benchmarks.compare import config_from_args, run_benchmark
+
+    dataset = _dataset(args)
+    run_dir = _run_dir(args.out, f"benchmark-{dataset.name}")
+    _log_to(run_dir, args.verbose)
+    run_benchmark(dataset, config_from_args(args), run_dir, data_args=args)
+    print(f"results: {run_dir / 'results.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -368,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None)
     sample.add_argument("--out")
     sample.set_defaults(func=cmd_sample)
+
+    from simulations.benchmarks.compare import add_arguments as add_benchmark_arguments
+
+    benchmark = sub.add_parser("benchmark", help="fedsynth vs SDV synthesizers, one split")
+    _add_data_args(benchmark)
+    add_benchmark_arguments(benchmark)
+    benchmark.set_defaults(func=cmd_benchmark)
     return parser
 
 
