@@ -312,7 +312,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """fedsynth against SDV synthesizers, one split (simulations/benchmarks/compare.py)."""
+    """fedsynth against SDV synthesizers, one split (simulations/benchmarks/compare/)."""
     from simulations.benchmarks.compare import config_from_args, run_benchmark
 
     dataset = _dataset(args)

@@ -7,14 +7,16 @@ import math
 
 import pytest
 
-from simulations.benchmarks.compare import (
+from simulations.benchmarks.compare import run as benchmark_run
+from simulations.benchmarks.compare.config import (
     SDV_MODELS,
     BenchmarkConfig,
     Contender,
+    ContenderJob,
     contenders,
-    markdown,
-    run_isolated,
 )
+from simulations.benchmarks.compare.isolation import run_isolated
+from simulations.benchmarks.compare.report import markdown
 from simulations.cli import main
 from synth_models.synthesizer import MODELS
 
@@ -51,16 +53,23 @@ def test_default_contenders_cover_every_model_kind_and_setup():
 
 
 def test_a_failing_contender_is_a_failed_row_not_a_crash(tmp_path):
-    # A metadata without the table the job names: the contender's process raises.
-    job = {"metadata": {"tables": {}}, "table_name": "orders", "seed": 0, "sdv_epochs": 1}
-    job |= {"sample_rows": 10}
     import pandas as pd
 
+    # A metadata without the table the job names: the contender's process raises.
+    job = ContenderJob(
+        config=BenchmarkConfig(models=("gaussiancopula",), sdv_epochs=1).resolved(),
+        dataset="none",
+        metadata={"tables": {}},
+        table_name="orders",
+        target=None,
+        partition_column=None,
+        sample_rows=10,
+    )
     synthetic, info = run_isolated(
         Contender("sdv", "gaussiancopula"),
-        job,
-        pd.DataFrame({"a": [1, 2, 3]}),
-        tmp_path / "work",
+        job=job,
+        train=pd.DataFrame({"a": [1, 2, 3]}),
+        work=tmp_path / "work",
         timeout=120,
     )
     assert synthetic is None
@@ -71,7 +80,18 @@ def test_a_failing_contender_is_a_failed_row_not_a_crash(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_writes_table_plots_and_finite_scores(tmp_path):
+def test_tiny_benchmark_writes_table_plots_and_finite_scores(tmp_path, monkeypatch):
+    # Every contender is a fresh process (~5 s of imports), and a federated one also starts Ray
+    # and its actors (~25-35 s on 2 cores): the whole grid would take minutes. So the real
+    # grid (--epsilons 1,inf, central + Dirichlet) is trimmed to one contender per family and
+    # setup: the VAE without DP centrally and with DP (epsilon 1) federated.
+    kept = {("sdv", "central", math.inf), ("fedsynth", "central", math.inf)}
+    kept |= {("fedsynth", "dirichlet", 1.0)}
+
+    def trimmed(config: BenchmarkConfig) -> list[Contender]:
+        return [c for c in contenders(config) if (c.family, c.setup, c.epsilon) in kept]
+
+    monkeypatch.setattr(benchmark_run, "contenders", trimmed)
     out = tmp_path / "bench"
     options = json.dumps({"vae": {"hidden": [16], "latent_dim": 8}})
     code = main(
@@ -86,7 +106,9 @@ def test_tiny_benchmark_writes_table_plots_and_finite_scores(tmp_path):
             "--epsilons",
             "1,inf",
             "--federated",
-            "iid",
+            "dirichlet",
+            "--alpha",
+            "5",  # two merchants of >= 10 rows each at the first Dirichlet draw
             "--merchants",
             "2",
             "--epochs",
@@ -110,22 +132,28 @@ def test_tiny_benchmark_writes_table_plots_and_finite_scores(tmp_path):
     records = {(r["model"], r["setup"], r["epsilon"]): r for r in payload["results"]}
     expected = {
         ("gaussiancopula", "central", None),
-        ("vae", "central", 1.0),
         ("vae", "central", None),
-        ("vae", "iid", 1.0),
-        ("vae", "iid", None),
+        ("vae", "dirichlet", 1.0),
     }
     assert set(records) == expected
+    assert len(payload["setup"]["contenders"]) == len(expected)
     for key, record in records.items():
         assert record["status"] == "ok", (key, record.get("error"))
         for number in NUMBERS:
             assert math.isfinite(record[number]), (key, number)
         assert record["synthetic_rows"] == payload["setup"]["train_rows"] == 240
-    assert 0 < records[("vae", "iid", 1.0)]["epsilon_spent"] <= 1.0
-    assert records[("vae", "iid", 1.0)]["merchants"] == 2
+    federated = records[("vae", "dirichlet", 1.0)]
+    assert 0 < federated["epsilon_spent"] <= 1.0
+    assert federated["merchants"] == 2
+    assert federated["partition"] == "dirichlet:type:5"
+    assert sum(federated["merchant_rows"]) == 240
+    assert records[("vae", "central", None)]["epsilon_spent"] is None  # no DP: infinite
     table = (out / "results.md").read_text()
     assert table.count("| ok |") == len(expected)
+    for label in ("SDV GaussianCopula", "fedsynth VAE central", "fedsynth VAE Dirichlet"):
+        assert label in table
     assert "fedsynth benchmark --dataset pizzaplace" in payload["command"]
+    assert "--federated dirichlet" in payload["command"]
 
 
 PLOTS = ("quality_vs_epsilon.png", "utility_vs_epsilon.png", "cost.png")
