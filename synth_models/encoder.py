@@ -11,6 +11,7 @@ mixture fitted on raw rows. Missing values get an explicit indicator span.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,14 @@ SPURIOUS_BINS = 0.05  # expected number of pure-noise bins that survive denoisin
 # Distance (times n_modes) of an encoded u from its bin's ends: above the float32 resolution
 # of the decoded u, about 6e-8 / n_modes.
 UNIT_MARGIN = 1e-7
+# Declared bounds and decimals with at most this many lattice values: one bin per value.
+MAX_ATOMS = 4096
+BOUNDED_BINS = 256  # bins over declared bounds otherwise
+ATOM_TOLERANCE = 1e-6  # in units of the last declared decimal
+# Relative mass kept at a declared bound's atom that the DP histogram does not show: enough
+# to address it in unit space (above the float32 resolution of the offset), too little for a
+# GAN or VAE to sample it (about once per 10**6 rows).
+END_ATOM_MASS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -55,13 +64,40 @@ class Span:
 
 
 def grid_for(spec: ColumnSpec) -> Grid:
-    """The data-independent grid a numeric or datetime column is counted on."""
+    """The data-independent grid a numeric or datetime column is counted on.
+
+    Declared bounds and decimals make the column's values a public lattice (``low``,
+    ``low + 10**-decimals``, ... ``high``); with at most ``MAX_ATOMS`` of them each gets its
+    own bin, centred on it ("atoms"), so decoded values are exact lattice values. Otherwise
+    declared bounds get ``BOUNDED_BINS`` equal bins, and undeclared ones the log grid."""
     if spec.bounds is not None:
         low, high = spec.bounds
-        if spec.decimals == 0 and high - low <= 2000:
-            return Grid(kind="uniform", low=low - 0.5, high=high + 0.5, bins=int(high - low) + 1)
-        return Grid(kind="uniform", low=low, high=high, bins=256)
+        atoms = atom_range(spec)
+        if atoms is not None:
+            first, last = atoms
+            step = 10.0**-spec.decimals
+            return Grid(
+                kind="uniform",
+                low=(first - 0.5) * step,
+                high=(last + 0.5) * step,
+                bins=last - first + 1,
+            )
+        return Grid(kind="uniform", low=low, high=high, bins=BOUNDED_BINS)
     return DATETIME_GRID if spec.kind == DATETIME else Grid()
+
+
+def atom_range(spec: ColumnSpec) -> tuple[int, int] | None:
+    """First and last declared lattice value of a numeric column, in units of
+    ``10**-decimals`` (None without declared bounds and decimals, or past ``MAX_ATOMS``)."""
+    if spec.kind == DATETIME or spec.bounds is None or spec.decimals is None:
+        return None
+    scale = 10.0**spec.decimals
+    low, high = spec.bounds
+    first = math.ceil(low * scale - ATOM_TOLERANCE)
+    last = math.floor(high * scale + ATOM_TOLERANCE)
+    if last < first or last - first + 1 > MAX_ATOMS:
+        return None
+    return first, last
 
 
 def statistics_inputs(
@@ -222,6 +258,15 @@ class QuantileTransform:
         self.decimals = decimals
         self.n_modes = n_modes
         self.has_missing = has_missing
+        self.atoms = _bin_atoms(lows, highs, decimals)
+        # A saturated generator output (u exactly 0 or 1) decodes into the outermost bins the
+        # DP histogram showed, never into a declared bound kept only with END_ATOM_MASS.
+        shown = np.flatnonzero(self.masses > 1.5 * END_ATOM_MASS)
+        self._saturated = (
+            (self.cdf[shown[0]], np.nextafter(self.cdf[shown[-1] + 1], 0.0))
+            if len(shown)
+            else (0.0, 1.0)
+        )
 
     @property
     def width(self) -> int:
@@ -232,6 +277,13 @@ class QuantileTransform:
         cls, spec: ColumnSpec, stats: ColumnStatistics, n_modes: int
     ) -> QuantileTransform:
         masses = _denoise_multiresolution(stats.counts, stats.noise_var)
+        if atom_range(spec) is not None and stats.grid == grid_for(spec):
+            # The declared bounds are public values of the column's lattice: they stay in the
+            # domain (with a negligible mass when the noisy histogram does not show them), so
+            # that a model that measures its own counts, like the marginal model, can find
+            # the rows there.
+            ends = masses[[0, -1]]
+            masses[[0, -1]] = np.where(ends > 0, ends, masses.sum() * END_ATOM_MASS)
         lows, highs = stats.grid.bin_bounds()
         if spec.bounds is not None:
             lows, highs = np.maximum(lows, spec.bounds[0]), np.minimum(highs, spec.bounds[1])
@@ -252,6 +304,10 @@ class QuantileTransform:
     def to_unit(self, x: np.ndarray) -> np.ndarray:
         """CDF: value -> u in [0, 1] (values in suppressed bins go to the nearest mass)."""
         i = np.clip(np.searchsorted(self.highs, x, side="left"), 0, len(self.lows) - 1)
+        # In a gap between bins holding mass: the nearer of the bins on either side.
+        below = np.maximum(i - 1, 0)
+        nearer_below = (i > 0) & (x < self.lows[i]) & (x - self.highs[below] < self.lows[i] - x)
+        i = np.where(nearer_below, below, i)
         width = np.maximum(self.highs[i] - self.lows[i], 1e-12)
         # Keep u off the ends of its bin by more than the float32 resolution of the encoded
         # offset: past empty (dropped) bins the inverse CDF jumps, and a value on a bin's lower
@@ -260,12 +316,27 @@ class QuantileTransform:
         inside = np.clip((x - self.lows[i]) / width, margin, 1.0 - margin)
         return self.cdf[i] + self.masses[i] * inside
 
+    def bin_of_unit(self, u: np.ndarray) -> np.ndarray:
+        """Index (among the bins holding mass) of the bin each ``u`` falls in."""
+        u = np.clip(u, 0.0, 1.0)
+        return np.clip(np.searchsorted(self.cdf, u, side="right") - 1, 0, len(self.lows) - 1)
+
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         """Inverse CDF, linear inside each bin."""
         u = np.clip(u, 0.0, 1.0)
-        i = np.clip(np.searchsorted(self.cdf, u, side="right") - 1, 0, len(self.lows) - 1)
+        i = self.bin_of_unit(u)
         inside = np.clip((u - self.cdf[i]) / np.maximum(self.masses[i], 1e-12), 0.0, 1.0)
         return self.lows[i] + inside * (self.highs[i] - self.lows[i])
+
+    def value_of_unit(self, u: np.ndarray) -> np.ndarray:
+        """Inverse CDF rounded to the column's decimals. A bin that holds a single value at
+        that precision (an atom: declared bounds and decimals give one bin per value) gives
+        exactly that value, also from its very edges, where rounding could tip either way."""
+        low, high = self._saturated
+        u = np.where(u <= 0.0, low, np.where(u >= 1.0, high, u))
+        x = np.round(self.from_unit(u), self.decimals)
+        atoms = self.atoms[self.bin_of_unit(u)]
+        return np.where(np.isnan(atoms), x, atoms) + 0.0
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         missing = np.isnan(x)
@@ -282,7 +353,7 @@ class QuantileTransform:
     def decode(self, block: np.ndarray) -> pd.Series:
         mode = block[:, : self.n_modes].argmax(axis=1)
         offset = (np.clip(block[:, self.n_modes], -1.0, 1.0) + 1.0) / 2.0
-        x = np.round(self.from_unit((mode + offset) / self.n_modes), self.decimals) + 0.0
+        x = self.value_of_unit((mode + offset) / self.n_modes)
         missing = (
             block[:, self.n_modes + 2] > block[:, self.n_modes + 1]
             if self.has_missing
@@ -344,6 +415,16 @@ def _format_resolution(fmt: str) -> str | None:
     if any(d in fmt for d in ("%H", "%I", "%k", "%l", "%p")):
         return "h"
     return "D"
+
+
+def _bin_atoms(lows: np.ndarray, highs: np.ndarray, decimals: int) -> np.ndarray:
+    """The one value at ``decimals`` precision that every point of each bin rounds to, or NaN
+    for a bin that spans more than one (e.g. a log-grid bin, or a coarse bounded bin)."""
+    scale = 10.0**decimals
+    lo, hi = np.asarray(lows, dtype=float) * scale, np.asarray(highs, dtype=float) * scale
+    units = np.round((lo + hi) / 2)
+    single = (lo >= units - 0.5 - ATOM_TOLERANCE) & (hi <= units + 0.5 + ATOM_TOLERANCE)
+    return np.where(single, np.round(units / scale, decimals), np.nan)
 
 
 def _dp_decimals(stats: ColumnStatistics, coverage: float = 0.95) -> int:

@@ -160,8 +160,11 @@ class MarginalModel(nn.Module):
     """A tree-shaped graphical model over the discretized columns.
 
     ``max_bins``: most values of a numeric column; ``selection_share``: the share of the
-    marginals' budget (in RDP terms) spent selecting the tree; ``one_way``: also measure every
-    column's 1-way marginal with the tree pairs."""
+    marginals' budget (in RDP terms) spent selecting the tree; ``one_way``: which columns'
+    1-way marginals are measured with the tree pairs: ``"numeric"`` (numeric and datetime
+    columns: their rare extreme values, such as a declared bound's atom, are otherwise
+    estimated only from pair tables summed over the other column, noisier by its size, and
+    often lost), ``True`` (every column) or ``False`` (none)."""
 
     def __init__(
         self,
@@ -169,9 +172,11 @@ class MarginalModel(nn.Module):
         *,
         max_bins: int = 64,
         selection_share: float = 0.3,
-        one_way: bool = False,
+        one_way: bool | str = "numeric",
     ) -> None:
         super().__init__()
+        if one_way not in (True, False, "numeric"):
+            raise ValueError(f"one_way must be True, False or 'numeric', got {one_way!r}")
         self.encoder = encoder
         self.domains: list[ColumnDomain] = column_domains(encoder, max_bins=max_bins)
         self.sizes = [d.size for d in self.domains]
@@ -186,7 +191,12 @@ class MarginalModel(nn.Module):
 
     # -- what to measure -----------------------------------------------------------------------
     def measurement_cliques(self, tree: list[Clique]) -> list[Clique]:
-        singles = [(j,) for j in range(len(self.sizes))] if self.measure_one_way else []
+        singles = [
+            (j,)
+            for j, domain in enumerate(self.domains)
+            if self.measure_one_way is True
+            or (self.measure_one_way == "numeric" and domain.kind == "numeric")
+        ]
         return [*singles, *tree]
 
     # -- fitting -------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ PUBLIC_DECLARATIONS = {
         "name": {"range_values": MENU},
         "size": {"range_values": ["S", "M", "L", "XL", "XXL"]},
         "type": {"range_values": ["chicken", "classic", "supreme", "veggie"]},
+        # the menu's cheapest and dearest pizzas, priced to the cent
+        "price": {"range_min": 9.75, "range_max": 35.95, "decimal_places": 2},
         "items": {"decimal_places": 0},
     },
     "oj": {

@@ -10,12 +10,16 @@ import pytest
 
 from privacy.statistics import release_statistics
 from synth_models.encoder import (
+    BOUNDED_BINS,
+    END_ATOM_MASS,
+    MAX_ATOMS,
     CategoricalTransform,
     QuantileTransform,
     TableEncoder,
+    grid_for,
     statistics_inputs,
 )
-from synth_models.schema import TableSchema, datetime_seconds
+from synth_models.schema import NUMERIC, ColumnSpec, TableSchema, datetime_seconds
 
 N = 600
 METADATA = {
@@ -200,6 +204,105 @@ def test_datetime_day_boundary_is_not_shifted(schema: TableSchema) -> None:
     encoder = exact_encoder(frame, schema)
     out = encoder.inverse_transform(encoder.transform(frame))
     assert out["day"].tolist() == frame["day"].tolist()
+
+
+# -- declared lattices ("atoms") ------------------------------------------------------------------
+MENU = {9.75: 40, 10.5: 900, 12.0: 3000, 12.75: 1500, 16.5: 2500, 20.75: 4000, 35.95: 3}
+PRICE_META = {
+    "tables": {
+        "t": {
+            "columns": {
+                "price": {
+                    "sdtype": "numerical",
+                    "range_min": 9.75,
+                    "range_max": 35.95,
+                    "decimal_places": 2,
+                }
+            }
+        }
+    }
+}
+
+
+def _numeric(bounds, decimals) -> ColumnSpec:
+    return ColumnSpec("x", NUMERIC, "numerical", bounds=bounds, decimals=decimals)
+
+
+def menu_frame() -> pd.DataFrame:
+    prices = np.concatenate([np.full(n, p) for p, n in MENU.items()])
+    return pd.DataFrame({"price": np.random.default_rng(0).permutation(prices)})
+
+
+def random_blocks(transform: QuantileTransform, n: int, seed: int) -> np.ndarray:
+    """Arbitrary generator outputs: any mode, any offset (the ends -1 and 1 included)."""
+    rng = np.random.default_rng(seed)
+    block = np.zeros((n, transform.width), dtype=np.float32)
+    block[np.arange(n), rng.integers(0, transform.n_modes, n)] = 1.0
+    block[:, transform.n_modes] = np.clip(rng.uniform(-1.2, 1.2, n), -1, 1)
+    return block
+
+
+def test_declared_bounds_and_decimals_give_one_bin_per_value() -> None:
+    grid = grid_for(_numeric((9.75, 35.95), 2))
+    assert grid.bins == 2621  # 9.75, 9.76, ... 35.95
+    centres = (grid.edges()[:-1] + grid.edges()[1:]) / 2
+    np.testing.assert_allclose(centres, np.arange(975, 3596) / 100, atol=1e-9)
+    # integers: as before, one bin per integer
+    assert grid_for(_numeric((0, 23), 0)).to_dict() == {
+        "kind": "uniform", "low": -0.5, "high": 23.5, "per_decade": 32, "bins": 24
+    }  # fmt: skip
+    # bounds off the lattice: the lattice values inside them
+    off = grid_for(_numeric((0.333, 1.0), 2))
+    assert off.bins == 67 and off.low == pytest.approx(0.335) and off.high == pytest.approx(1.005)
+    # the cap: past MAX_ATOMS values, equal bins over the bounds
+    assert grid_for(_numeric((0, (MAX_ATOMS - 1) / 10), 1)).bins == MAX_ATOMS
+    assert grid_for(_numeric((0, MAX_ATOMS / 10), 1)).bins == BOUNDED_BINS
+    assert grid_for(_numeric((0, 1), None)).bins == BOUNDED_BINS  # no declared decimals
+
+
+def test_atom_grid_decodes_to_exact_values() -> None:
+    schema = TableSchema.from_metadata(PRICE_META)
+    frame = menu_frame()
+    exact = exact_encoder(frame, schema)
+    price = exact.transforms["price"]
+    assert sorted(price.atoms) == sorted(MENU)
+    out = exact.inverse_transform(exact.transform(frame))
+    np.testing.assert_array_equal(out["price"].to_numpy(), frame["price"].to_numpy())
+    for encoder in (exact, dp_encoder(frame, schema, seed=3, noise=5.0)):
+        price = encoder.transforms["price"]
+        decoded = price.decode(random_blocks(price, 20_000, seed=1)).to_numpy()
+        # every decoded value is exactly the value of a bin holding mass, even from the
+        # bins' edges (offsets of exactly -1 and 1), where rounding could tip either way
+        assert set(decoded) <= set(price.atoms) <= set(np.arange(975, 3596) / 100)
+        assert set(decoded) <= set(MENU)
+
+
+def test_declared_bounds_stay_in_the_domain_with_negligible_mass() -> None:
+    # 3 rows at 35.95 and 40 at 9.75 are far below the noise: the bounds stay, nearly massless
+    schema = TableSchema.from_metadata(PRICE_META)
+    frame = menu_frame()
+    price = dp_encoder(frame, schema, seed=4, noise=30.0).transforms["price"]
+    assert price.atoms[0] == 9.75 and price.atoms[-1] == 35.95
+    assert price.masses[0] <= 2 * END_ATOM_MASS and price.masses[-1] <= 2 * END_ATOM_MASS
+    # their rows still reach them (a model that counts rows, like the marginal model, sees them)
+    top = price.bin_of_unit(price.to_unit(np.array([35.95, 9.75])))
+    assert price.atoms[top].tolist() == [35.95, 9.75]
+    # a GAN or VAE practically never samples them
+    decoded = price.decode(random_blocks(price, 20_000, seed=2)).to_numpy()
+    assert not np.isin(decoded, [9.75, 35.95]).any()
+
+
+def test_values_in_suppressed_bins_go_to_the_nearest_mass() -> None:
+    spec = _numeric((0, 30), 0)
+    grid_lows = np.arange(31) - 0.5
+    kept = np.array([10, 20])
+    transform = QuantileTransform(
+        spec, grid_lows[kept], grid_lows[kept] + 1, np.array([0.5, 0.5]), 0, 4, False
+    )
+    x = np.array([3.0, 12.0, 14.9, 15.1, 18.0, 29.0])
+    np.testing.assert_array_equal(
+        transform.value_of_unit(transform.to_unit(x)), [10, 10, 10, 20, 20, 20]
+    )
 
 
 # -- layout -------------------------------------------------------------------------------------
