@@ -17,7 +17,7 @@ CLIENT_KEYS = ("data_dir", "state_dir", "holdout_fraction")
 
 @dataclass(frozen=True)
 class FederationConfig:
-    model: str = "vae"
+    model: str = "marginal"
     num_rounds: int = 10
     local_epochs: int = 2
     epsilon: float = 1.0

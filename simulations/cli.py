@@ -62,7 +62,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=("vae", "gan", "marginal"), default="vae")
+    parser.add_argument("--model", choices=("marginal", "vae", "gan"), default="marginal")
     parser.add_argument(
         "--epsilon",
         type=_epsilon,
