@@ -205,7 +205,9 @@ def marginals_round(
         "num-examples": float(state.dp_rows if private else len(table)),
         "epsilon": state.epsilon if private else math.inf,
         "delta": state.ledger.delta if private else 0.0,
-        "noise-multiplier": float(release.noise_var**0.5 / len(release.cliques) ** 0.5),
+        "noise-multiplier": float(
+            (release.noise_var / release.sensitivity_squared(model.atom_weight)) ** 0.5
+        ),
     }
     return release, metrics
 

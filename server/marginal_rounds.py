@@ -3,6 +3,9 @@
 1. Selection: every merchant measures all column pairs with its own Gaussian noise; the server
    sums them (counts add, noise variances add) and keeps the maximum spanning tree of the
    summed tables' noisy mutual information. No pooled row is ever needed.
+   The selection also counts each numeric column over its whole statistics grid; from their
+   sum the server picks the columns' values (``MarginalModel.rebin``, post-processing) and
+   sends the encoder that describes them with the measurement query.
 2. Measurement: the merchants that answered the selection measure the tree's pairs again.
 3. The server fits the model from both sums over the merchants that answered both (their rows
    are the population both sums describe).
@@ -23,7 +26,7 @@ from server.schema_round import FederationError, wait_for_nodes
 from server.strategy import reply_document, sort_replies
 from synth_models.encoder import TableEncoder
 from synth_models.federation import CONFIG, DOCUMENT_KEY, MARGINALS, MARGINALS_MESSAGE, dumps
-from synth_models.marginal_fit import choose_tree
+from synth_models.marginal_fit import atom_measurements, choose_tree, without_columns
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
     MEASUREMENT,
@@ -121,7 +124,12 @@ def run_marginal_rounds(
         owners=owners,
     )
     log = [{"round": ROUNDS[SELECTION], "phase": SELECTION, "merchants": outcome}]
-    tree = choose_tree(_sum(selected, SELECTION, min_replies), len(model.sizes))
+    summed = _sum(selected, SELECTION, min_replies)
+    tree = choose_tree(summed, len(model.sizes))
+    # The atom-grid columns' values, from the same sum (post-processing); the measurement
+    # round is sent the encoder that describes them.
+    rebinned = model.rebin(summed)
+    document = {**document, "encoder": encoder.to_dict()}
     names = [d.name for d in model.domains]
     logger.info("marginals: tree %s", ", ".join(f"{names[a]}|{names[b]}" for a, b in tree))
     measured, outcome = marginal_round(
@@ -135,9 +143,11 @@ def run_marginal_rounds(
     )
     log.append({"round": ROUNDS[MEASUREMENT], "phase": MEASUREMENT, "merchants": outcome})
     both = sorted(set(selected) & set(measured))
+    selection = _sum({m: selected[m] for m in both}, SELECTION, min_replies)
     model.fit_releases(
         [
-            _sum({m: selected[m] for m in both}, SELECTION, min_replies),
+            without_columns(selection, rebinned),
+            *atom_measurements(model, selection),
             _sum({m: measured[m] for m in both}, MEASUREMENT, min_replies),
         ],
         tree,

@@ -1,11 +1,14 @@
 """What a data owner runs for the marginal model, and the one-owner fit.
 
-An owner releases noisy marginals twice: every pair (selection), then the selected tree's pairs
-(measurement). Each release is one Gaussian mechanism, checked against and recorded in the
-owner's ledger; the noise is planned so that the two end exactly at the budget
-(:func:`marginals.plan_noise_multiplier`). In a federation each merchant runs
-:func:`release_marginals` and the server sums the releases; a single owner is a federation of
-one (:func:`fit_marginal_model`).
+An owner releases noisy marginals twice: every pair, and each numeric column's counts over its
+whole statistics grid (selection), then the selected tree's pairs (measurement). Between the
+two, the numeric columns take the grid bins that stand out of the selection's noise as their
+values (``MarginalModel.rebin``: post-processing; the encoder's own statistics had only a tenth
+of the budget), so the measurement and the model use them. Each release is one Gaussian
+mechanism, checked against and recorded in the owner's ledger; the noise is planned so that
+the two end exactly at the budget (:func:`marginals.plan_noise_multiplier`). In a federation
+each merchant runs :func:`release_marginals` and the server sums the releases; a single owner
+is a federation of one (:func:`fit_marginal_model`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from privacy.ledger import BudgetExceededError, PrivacyLedger
+from synth_models.encoder import grid_for
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
     MEASUREMENT,
@@ -25,6 +29,7 @@ from synth_models.marginals import (
     Clique,
     MarginalRelease,
     all_pairs,
+    count_atoms,
     discretize,
     measure_marginals,
     pair_scores,
@@ -72,8 +77,20 @@ def release_marginals(
     if len(codes) == 0:
         raise DataError("no row fits the shared encoder", source=source)
     label = SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL
+    atoms = (
+        count_atoms(data, model.encoder, model.atom_columns(), source=source)
+        if phase == SELECTION
+        else {}
+    )
     release, record = measure_marginals(
-        codes, sizes=model.sizes, cliques=cliques, noise_multiplier=noise, rng=rng, label=label
+        codes,
+        sizes=model.sizes,
+        cliques=cliques,
+        noise_multiplier=noise,
+        rng=rng,
+        label=label,
+        atom_counts=atoms,
+        atom_weight=model.atom_weight,
     )
     if ledger is not None:
         ledger.check([record])
@@ -81,11 +98,43 @@ def release_marginals(
     logger.info(
         "marginals %s: %d tables, noise multiplier %.3f (std per cell %.2f)",
         phase,
-        len(cliques),
+        release.num_tables,
         noise,
         release.noise_var**0.5,
     )
     return release
+
+
+def without_columns(release: MarginalRelease, columns: list[int]) -> MarginalRelease:
+    """``release`` without its tables that hold one of ``columns`` (measured on a domain
+    since replaced by :meth:`MarginalModel.rebin`), nor its atom tables."""
+    keep = [i for i, c in enumerate(release.cliques) if not set(c) & set(columns)]
+    return MarginalRelease(
+        [release.cliques[i] for i in keep],
+        [release.tables[i] for i in keep],
+        release.noise_var,
+        release.contributors,
+    )
+
+
+def atom_measurements(model: MarginalModel, selection: MarginalRelease) -> list[MarginalRelease]:
+    """The selection's atom tables as 1-way measurements of the rebinned columns whose values
+    are exactly the kept atoms (post-processing): they replace the selection's pair tables of
+    those columns, dropped as measured on the old domains."""
+    names = model.atom_columns()
+    cliques, tables = [], []
+    for name, counts in zip(names, selection.atom_tables, strict=True):
+        j = next(i for i, d in enumerate(model.domains) if d.name == name)
+        domain, t = model.domains[j], model.encoder.transforms[name]
+        if domain.has_missing or domain.size != len(t.lows):
+            continue  # a missing slot, or groups of several bins: no 1:1 cells
+        index = grid_for(model.encoder.schema[name]).bin_index((t.lows + t.highs) / 2)
+        cliques.append((j,))
+        tables.append(np.asarray(counts, dtype=float)[index])
+    if not cliques:
+        return []
+    noise_var = selection.noise_var / model.atom_weight
+    return [MarginalRelease(cliques, tables, noise_var, selection.contributors)]
 
 
 def choose_tree(selection: MarginalRelease, num_columns: int) -> list[Clique]:
@@ -106,10 +155,13 @@ def fit_marginal_model(
         data, model=model, ledger=ledger, phase=SELECTION, rng=rng, source=source
     )
     tree = choose_tree(selection, len(model.sizes))
+    rebinned = model.rebin(selection)
+    atoms = atom_measurements(model, selection)
+    selection = without_columns(selection, rebinned)
     measurement = release_marginals(
         data, model=model, ledger=ledger, phase=MEASUREMENT, tree=tree, rng=rng, source=source
     )
-    model.fit_releases([selection, measurement], tree)
+    model.fit_releases([selection, measurement, *atoms], tree)
     names = [d.name for d in model.domains]
     return [
         {

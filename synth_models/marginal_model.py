@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from synth_models.encoder import UNIT_MARGIN, CategoricalTransform, TableEncoder
-from synth_models.marginals import Clique, ColumnDomain, MarginalRelease, column_domains
+from synth_models.marginals import (
+    Clique,
+    ColumnDomain,
+    MarginalRelease,
+    atom_grid_columns,
+    column_domains,
+    rebin_from_atoms,
+)
 
 IPF_ITERATIONS = 50
 
@@ -164,20 +171,29 @@ class MarginalModel(nn.Module):
     1-way marginals are measured with the tree pairs: ``"numeric"`` (numeric and datetime
     columns: their rare extreme values, such as a declared bound's atom, are otherwise
     estimated only from pair tables summed over the other column, noisier by its size, and
-    often lost), ``True`` (every column) or ``False`` (none)."""
+    often lost), ``True`` (every column) or ``False`` (none); ``atom_grid``: the selection
+    release also counts each numeric column over its whole statistics grid, and the column's
+    values are re-chosen from those counts (:meth:`rebin`) before the measurement;
+    ``atom_weight``: how many pair tables' worth of the selection's budget each of those counts
+    gets (its noise variance is the pairs' divided by it)."""
 
     def __init__(
         self,
         encoder: TableEncoder,
         *,
         max_bins: int = 64,
-        selection_share: float = 0.3,
+        selection_share: float = 0.45,
         one_way: bool | str = "numeric",
+        atom_grid: bool = True,
+        atom_weight: float = 8.0,
     ) -> None:
         super().__init__()
         if one_way not in (True, False, "numeric"):
             raise ValueError(f"one_way must be True, False or 'numeric', got {one_way!r}")
         self.encoder = encoder
+        self.max_bins = max_bins
+        self.atom_grid = atom_grid
+        self.atom_weight = float(atom_weight)
         self.domains: list[ColumnDomain] = column_domains(encoder, max_bins=max_bins)
         self.sizes = [d.size for d in self.domains]
         self.selection_share = selection_share
@@ -198,6 +214,26 @@ class MarginalModel(nn.Module):
             or (self.measure_one_way == "numeric" and domain.kind == "numeric")
         ]
         return [*singles, *tree]
+
+    def atom_columns(self) -> list[str]:
+        """Numeric columns whose selection release also counts the whole declared atom grid."""
+        return atom_grid_columns(self.encoder) if self.atom_grid else []
+
+    def rebin(self, selection: MarginalRelease) -> list[int]:
+        """Post-processing of the (summed) selection release: the atom-grid columns take the
+        atoms that stand out of its noise as their values (their encoder transforms are
+        replaced in place, so the encoder saved or sent with the model describes them). Returns
+        the indices of the columns whose domain changed; tables of the old domains that hold
+        them must not be used for fitting."""
+        replaced = rebin_from_atoms(self.encoder, self.atom_columns(), selection, self.atom_weight)
+        if not replaced:
+            return []
+        self.domains = column_domains(self.encoder, max_bins=self.max_bins)
+        self.sizes = [d.size for d in self.domains]
+        self.one_way = torch.cat(
+            [torch.full((s,), 1.0 / s, dtype=torch.float64) for s in self.sizes]
+        )
+        return [j for j, d in enumerate(self.domains) if d.name in replaced]
 
     # -- fitting -------------------------------------------------------------------------------
     def fit_releases(self, releases: list[MarginalRelease], tree: list[Clique]) -> None:

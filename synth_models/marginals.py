@@ -21,14 +21,23 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from privacy.calibration import calibrate_noise_multiplier
 from privacy.ledger import MechanismRecord, PrivacyLedger
-from synth_models.encoder import CategoricalTransform, QuantileTransform, TableEncoder
+from synth_models.encoder import (
+    END_ATOM_MASS,
+    CategoricalTransform,
+    QuantileTransform,
+    TableEncoder,
+    _denoise,
+    _denoise_multiresolution,
+    atom_range,
+    grid_for,
+)
 from synth_models.schema import DATETIME, datetime_seconds, numeric_values
 
 SELECTION_LABEL = "marginals-selection"
@@ -137,29 +146,48 @@ class MarginalRelease:
 
     cliques: list[Clique]
     tables: list[np.ndarray]
-    noise_var: float  # per cell, the same in every table of the release
+    noise_var: float  # per cell of every clique table; an atom table's: over the atom weight
     contributors: int = 1
+    # 1-way counts over the whole declared atom grid of the model's atom-grid columns, in
+    # ``atom_grid_columns`` order. In a document they travel as 1-way tables of cliques
+    # ``[-1]``, ``[-2]``, ... (no column of the model has a negative index).
+    atom_tables: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.tables) + len(self.atom_tables)
+
+    def sensitivity_squared(self, atom_weight: float) -> float:
+        """Tables' worth of budget: each atom table counts ``atom_weight`` times."""
+        return len(self.tables) + atom_weight * len(self.atom_tables)
 
     def to_dict(self) -> dict:
+        cliques = [list(c) for c in self.cliques] + [[-1 - i] for i in range(len(self.atom_tables))]
+        tables = [*self.tables, *self.atom_tables]
         return {
-            "cliques": [list(c) for c in self.cliques],
-            "shapes": [list(t.shape) for t in self.tables],
-            "tables": [t.tolist() for t in self.tables],
+            "cliques": cliques,
+            "shapes": [list(t.shape) for t in tables],
+            "tables": [t.tolist() for t in tables],
             "noise_var": self.noise_var,
             "contributors": self.contributors,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> MarginalRelease:
+        cliques = [tuple(int(j) for j in c) for c in d["cliques"]]
         tables = [
             np.asarray(t, dtype=float).reshape(shape)
             for t, shape in zip(d["tables"], d["shapes"], strict=True)
         ]
+        atoms = [i for i, c in enumerate(cliques) if min(c, default=0) < 0]
+        if [cliques[i] for i in atoms] != [(-1 - k,) for k in range(len(atoms))]:
+            raise ValueError("atom tables must be 1-way tables of cliques [-1], [-2], ...")
         return cls(
-            cliques=[tuple(int(j) for j in c) for c in d["cliques"]],
-            tables=tables,
+            cliques=[c for i, c in enumerate(cliques) if i not in atoms],
+            tables=[t for i, t in enumerate(tables) if i not in atoms],
             noise_var=float(d["noise_var"]),
             contributors=int(d.get("contributors", 1)),
+            atom_tables=[tables[i] for i in atoms],
         )
 
 
@@ -172,11 +200,16 @@ def merge_releases(parts: list[MarginalRelease]) -> MarginalRelease:
         shapes = [t.shape for t in part.tables]
         if part.cliques != first.cliques or shapes != [t.shape for t in first.tables]:
             raise ValueError("releases measure different cliques or domains")
+        if [t.shape for t in part.atom_tables] != [t.shape for t in first.atom_tables]:
+            raise ValueError("releases measure different atom grids")
     return MarginalRelease(
         cliques=list(first.cliques),
         tables=[np.sum([p.tables[i] for p in parts], axis=0) for i in range(len(first.tables))],
         noise_var=sum(p.noise_var for p in parts),
         contributors=sum(p.contributors for p in parts),
+        atom_tables=[
+            np.sum([p.atom_tables[i] for p in parts], axis=0) for i in range(len(first.atom_tables))
+        ],
     )
 
 
@@ -188,16 +221,90 @@ def measure_marginals(
     noise_multiplier: float,
     rng: np.random.Generator,
     label: str,
+    atom_counts: dict[str, np.ndarray] | None = None,
+    atom_weight: float = 1.0,
 ) -> tuple[MarginalRelease, MechanismRecord]:
-    """One Gaussian release of the count tables of ``cliques`` and its ledger record."""
+    """One Gaussian release of the count tables of ``cliques`` (and of the exact atom-grid
+    1-way counts ``atom_counts``, each row adding at most 1 to each, with noise variance
+    ``noise_var / atom_weight``) and its ledger record."""
     if noise_multiplier < 0:
         raise ValueError("noise_multiplier must be >= 0 (0: exact counts, no DP)")
     if not cliques:
         raise ValueError("no cliques to measure")
-    std = noise_multiplier * math.sqrt(len(cliques))
+    atom_counts = atom_counts or {}
+    if atom_weight <= 0:
+        raise ValueError("atom_weight must be > 0")
+    # Each table has sensitivity 1; a table with noise std / sqrt(w) counts w times in the
+    # release's RDP (alpha / 2 * sum of 1 / std_i^2), so ``k + w * atoms`` tables' worth.
+    std = noise_multiplier * math.sqrt(len(cliques) + atom_weight * len(atom_counts))
     tables = [t + rng.normal(0.0, std, t.shape) for t in count_marginals(codes, sizes, cliques)]
-    release = MarginalRelease(list(cliques), tables, std**2)
+    atom_std = std / math.sqrt(atom_weight)
+    atoms = [c + rng.normal(0.0, atom_std, c.shape) for c in atom_counts.values()]
+    release = MarginalRelease(list(cliques), tables, std**2, 1, atoms)
     return release, MechanismRecord(label, noise_multiplier, 1.0, 1)
+
+
+# -- the numeric columns' own values ------------------------------------------------------------
+def atom_grid_columns(encoder: TableEncoder) -> list[str]:
+    """Numeric (not datetime) columns: the marginal model counts them again over their whole
+    statistics grid (``grid_for``: the declared atom grid, declared bins or the log grid)."""
+    return [
+        name
+        for name, t in encoder.transforms.items()
+        if isinstance(t, QuantileTransform) and encoder.schema[name].kind != DATETIME
+    ]
+
+
+def count_atoms(
+    data: pd.DataFrame, encoder: TableEncoder, names: list[str], *, source: str | None = None
+) -> dict[str, np.ndarray]:
+    """Exact counts of each column over its whole statistics grid (missing rows left out;
+    values past declared bounds go to the end bins)."""
+    out = {}
+    for name in names:
+        spec = encoder.schema[name]
+        grid = grid_for(spec)
+        x = numeric_values(data[name], spec, source)
+        index = grid.bin_index(x[~np.isnan(x)])
+        out[name] = np.bincount(index, minlength=grid.num_bins).astype(float)
+    return out
+
+
+def rebin_from_atoms(
+    encoder: TableEncoder, names: list[str], release: MarginalRelease, atom_weight: float = 1.0
+) -> list[str]:
+    """Post-processing: replace each column's transform by one whose bins are those of its
+    grid that stand out of ``release``'s noise, denoised as the encoder denoises its
+    statistics: atoms one by one (plus the declared end values, kept with ``END_ATOM_MASS``),
+    other grids at the finest resolution that shows mass. Returns the columns replaced."""
+    if len(names) != len(release.atom_tables):
+        raise ValueError(f"{len(release.atom_tables)} grid tables for the columns {names}")
+    replaced = []
+    for name, counts in zip(names, release.atom_tables, strict=True):
+        old = encoder.transforms[name]
+        spec = encoder.schema[name]
+        counts = np.asarray(counts, dtype=float)
+        if atom_range(spec) is not None:
+            masses = _denoise(counts, release.noise_var / atom_weight)
+            ends = masses[[0, -1]]
+            masses[[0, -1]] = np.where(ends > 0, ends, masses.sum() * END_ATOM_MASS)
+        else:
+            masses = _denoise_multiresolution(counts, release.noise_var / atom_weight)
+        lows, highs = grid_for(spec).bin_bounds()
+        if spec.bounds is not None:
+            lows, highs = np.maximum(lows, spec.bounds[0]), np.minimum(highs, spec.bounds[1])
+        keep = masses > 0
+        encoder.transforms[name] = QuantileTransform(
+            spec,
+            lows[keep],
+            highs[keep],
+            masses[keep] / masses[keep].sum(),
+            old.decimals,
+            old.n_modes,
+            old.has_missing,
+        )
+        replaced.append(name)
+    return replaced
 
 
 def plan_noise_multiplier(

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from client.guard import reply_problems
@@ -18,7 +19,7 @@ from privacy.ledger import RDP_ORDERS, BudgetExceededError, MechanismRecord, Pri
 from simulations.datasets import load_dataset
 from synth_models.encoder import TableEncoder
 from synth_models.federation import DOCUMENT_KEY, MARGINALS, MAX_MARGINAL_DOMAIN, dumps
-from synth_models.marginal_fit import choose_tree, release_marginals
+from synth_models.marginal_fit import choose_tree, fit_marginal_model, release_marginals
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
     MEASUREMENT,
@@ -28,6 +29,7 @@ from synth_models.marginals import (
     MarginalRelease,
     all_pairs,
     column_domains,
+    count_atoms,
     count_marginals,
     discretize,
     measure_marginals,
@@ -120,7 +122,12 @@ def test_ledger_epsilon_equals_independent_recomputation(pizza, encoder, dp_sgd)
     assert EPSILON * 0.995 <= ledger.epsilon() <= EPSILON
     # the noise added is the noise recorded: sigma * sqrt(k) per cell for k tables
     record = ledger.records[-2]
-    assert selection.noise_var == pytest.approx(record.noise_multiplier**2 * len(selection.cliques))
+    # (the selection release also counts the atom grid of the declared-decimals columns)
+    assert "price" in model.atom_columns()
+    # each counting ``atom_weight`` tables' worth
+    assert selection.num_tables == len(selection.cliques) + len(model.atom_columns())
+    worth = len(selection.cliques) + model.atom_weight * len(model.atom_columns())
+    assert selection.noise_var == pytest.approx(record.noise_multiplier**2 * worth)
     # nothing left: the next release is refused before it runs
     with pytest.raises(BudgetExceededError):
         release_marginals(table, model=model, ledger=ledger, phase=SELECTION, rng=rng)
@@ -274,3 +281,57 @@ def test_guard_lets_noisy_marginals_out_and_nothing_per_row(encoder, pizza) -> N
         "tables": [[[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]],
     }
     assert reply_problems(_reply(three_way))
+
+
+def test_atom_tables_travel_as_one_way_tables_and_add_up(encoder, pizza) -> None:
+    """The atom-grid counts ride in the selection's Gaussian release (one more table in its
+    sensitivity), pass the reply guard as 1-way tables and sum over merchants."""
+    _, table = pizza
+    model = MarginalModel(encoder)
+    names = model.atom_columns()
+    assert "price" in names
+    codes = discretize(table.head(500), encoder, model.domains)
+    exact = count_atoms(table.head(500), encoder, names)
+    price = exact["price"]
+    assert len(price) == 2621 and price.sum() == 500
+    release, record = measure_marginals(
+        codes,
+        sizes=model.sizes,
+        cliques=all_pairs(len(model.sizes)),
+        noise_multiplier=1.0,
+        rng=np.random.default_rng(0),
+        label=SELECTION_LABEL,
+        atom_counts=exact,
+        atom_weight=4.0,
+    )
+    assert release.num_tables == len(all_pairs(len(model.sizes))) + len(names)
+    worth = len(all_pairs(len(model.sizes))) + 4.0 * len(names)
+    assert release.sensitivity_squared(4.0) == worth
+    assert release.noise_var == pytest.approx(record.noise_multiplier**2 * worth)
+    # the atom tables' noise is smaller by the weight: sum of 1/var_i is 1/z^2 as one table's
+    assert np.std(release.atom_tables[names.index("price")] - price) == pytest.approx(
+        (release.noise_var / 4.0) ** 0.5, rel=0.1
+    )
+    document = release.to_dict()
+    assert reply_problems(_reply(document)) == []
+    back = MarginalRelease.from_dict(json.loads(json.dumps(document)))
+    assert back.cliques == release.cliques and len(back.atom_tables) == len(names)
+    merged = merge_releases([back, back])
+    assert np.allclose(merged.atom_tables[0], 2 * release.atom_tables[0])
+    assert merged.num_tables == release.num_tables
+
+
+def test_rebin_takes_the_atoms_the_release_shows(encoder, pizza) -> None:
+    """Exact counts (no noise): the model's price values become exactly the menu prices and
+    the declared ends, whatever the encoder's statistics kept; sampling gives them all."""
+    _, table = pizza
+    own = TableEncoder.from_dict(encoder.to_dict())  # rebinning replaces transforms in place
+    model = MarginalModel(own)
+    fit_marginal_model(model, table, ledger=None, rng=np.random.default_rng(0))
+    t = own.transforms["price"]
+    menu = set(np.round(table["price"].unique(), 2))
+    assert set(np.round(t.atoms, 2)) == menu | {9.75, 35.95}
+    codes = model.sample_codes(50_000, torch.Generator().manual_seed(0))
+    j = [d.name for d in model.domains].index("price")
+    drawn = {round(float(t.atoms[c]), 2) for c in np.unique(codes[:, j].numpy())}
+    assert menu <= drawn
