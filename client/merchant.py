@@ -129,6 +129,18 @@ def load_merchant_table(path: str | Path, schema: TableSchema) -> pd.DataFrame:
     return validate_table(read_table(path), schema, source=str(path))
 
 
+def _require_private_state(state: MerchantState, *, epsilon: float, delta: float) -> None:
+    """A private round needs the merchant's DP row count (its weight and sampling rate would
+    otherwise be exact counts) and a ledger to record in."""
+    if state.dp_rows is None:
+        raise RuntimeError(
+            f"{state.merchant} has no DP row count (it missed the schema round); "
+            "it can join the next run"
+        )
+    if state.ledger is None:
+        state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
+
+
 def statistics_round(
     table: pd.DataFrame,
     *,
@@ -185,13 +197,7 @@ def marginals_round(
         raise TypeError("the marginals round needs the marginal model")
     private = not math.isinf(epsilon)
     if private:
-        if state.dp_rows is None:
-            raise RuntimeError(
-                f"{state.merchant} has no DP row count (it missed the schema "
-                "round); it can join the next run"
-            )
-        if state.ledger is None:
-            state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
+        _require_private_state(state, epsilon=epsilon, delta=delta)
     release = release_marginals(
         table,
         model=model,
@@ -241,14 +247,7 @@ def train_round(
         raise DataError("no row fits the shared encoder", source=source)
     private = not math.isinf(epsilon)
     if private:
-        if state.dp_rows is None:
-            # Its aggregation weight would have to be the exact row count: never sent.
-            raise RuntimeError(
-                f"{state.merchant} has no DP row count (it missed the schema "
-                "round); it can join the next run"
-            )
-        if state.ledger is None:
-            state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
+        _require_private_state(state, epsilon=epsilon, delta=delta)
         if state.noise_multiplier is None:
             sample_rate, steps = plan_steps(state.dp_rows, training)
             remaining = max(num_rounds - server_round + 1, 1)
