@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from server.schema_round import FederationError, wait_for_nodes
-from server.strategy import reply_document, sort_replies
+from server.schema_round import FederationError, query_merchants, wait_for_nodes
+from server.strategy import reply_document
 from synth_models.encoder import TableEncoder
-from synth_models.federation import CONFIG, DOCUMENT_KEY, MARGINALS, MARGINALS_MESSAGE, dumps
+from synth_models.federation import MARGINALS, MARGINALS_MESSAGE
 from synth_models.marginal_fit import atom_measurements, choose_tree, without_columns
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
@@ -62,17 +61,15 @@ def marginal_round(
 ) -> tuple[dict[str, MarginalRelease], dict[str, dict]]:
     """Send one phase's query to ``nodes``; each successful merchant's release and every
     merchant's outcome."""
-    content = dumps({**document, "phase": phase})
-    messages = [
-        Message(
-            RecordDict({CONFIG: ConfigRecord({DOCUMENT_KEY: content})}),
-            message_type=MARGINALS_MESSAGE,
-            dst_node_id=node,
-        )
-        for node in nodes
-    ]
-    accepted, outcome = sort_replies(
-        grid.send_and_receive(messages, timeout=timeout), ledgers, owners
+    accepted, outcome = query_merchants(
+        grid,
+        nodes=nodes,
+        message_type=MARGINALS_MESSAGE,
+        document={**document, "phase": phase},
+        timeout=timeout,
+        ledgers=ledgers,
+        owners=owners,
+        label=f"marginals {phase}",
     )
     releases = {}
     for msg, merchant in accepted:
@@ -80,11 +77,7 @@ def marginal_round(
             releases[merchant] = MarginalRelease.from_dict(reply_document(msg, MARGINALS))
         except (KeyError, TypeError, ValueError) as exc:
             outcome[merchant] = {"state": "failed", "reason": f"unreadable marginals ({exc})"}
-    for merchant, result in outcome.items():
-        if result["state"] != "ok":
-            logger.warning(
-                "marginals %s: %s %s: %s", phase, merchant, result["state"], result.get("reason")
-            )
+            logger.warning("marginals %s: %s failed: unreadable marginals", phase, merchant)
     return releases, outcome
 
 

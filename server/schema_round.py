@@ -40,6 +40,33 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
+def query_merchants(
+    grid: Grid,
+    *,
+    nodes: list[int],
+    message_type: str,
+    document: dict,
+    timeout: float,
+    ledgers: dict[str, dict],
+    owners: dict[str, int],
+    label: str,
+) -> tuple[list[tuple[Message, str]], dict[str, dict]]:
+    """Send one JSON document to every node; the successful replies (with their merchant) and
+    every merchant's outcome, non-ok ones logged under ``label``."""
+    content = ConfigRecord({DOCUMENT_KEY: dumps(document)})
+    messages = [
+        Message(RecordDict({CONFIG: content}), message_type=message_type, dst_node_id=node)
+        for node in nodes
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    accepted, outcome = sort_replies(replies, ledgers, owners, sent_to)
+    for merchant, result in outcome.items():
+        if result["state"] != "ok":
+            logger.warning("%s: %s %s: %s", label, merchant, result["state"], result.get("reason"))
+    return accepted, outcome
+
+
 def schema_round(
     grid: Grid,
     *,
@@ -52,24 +79,17 @@ def schema_round(
     owners: dict[str, int],
 ) -> tuple[TableEncoder, TableStatistics, dict[str, dict]]:
     """Ask every merchant for its DP statistics; build the shared encoder from their sum."""
-    nodes = wait_for_nodes(grid, min_nodes, timeout)
-    content = {**document, "schema": schema.to_dict()}
-    messages = [
-        Message(
-            RecordDict({CONFIG: ConfigRecord({DOCUMENT_KEY: dumps(content)})}),
-            message_type=STATISTICS_MESSAGE,
-            dst_node_id=node,
-        )
-        for node in nodes
-    ]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    accepted, outcome = sort_replies(replies, ledgers, owners)
+    accepted, outcome = query_merchants(
+        grid,
+        nodes=wait_for_nodes(grid, min_nodes, timeout),
+        message_type=STATISTICS_MESSAGE,
+        document={**document, "schema": schema.to_dict()},
+        timeout=timeout,
+        ledgers=ledgers,
+        owners=owners,
+        label="schema round",
+    )
     answered = [msg for msg, _ in accepted]
-    for merchant, result in outcome.items():
-        if result["state"] != "ok":
-            logger.warning(
-                "schema round: %s %s: %s", merchant, result["state"], result.get("reason")
-            )
     parts = [
         TableStatistics.from_dict(loads(str(m.content.config_records[STATISTICS][DOCUMENT_KEY])))
         for m in answered
