@@ -2,11 +2,13 @@
 
 1. Selection: every merchant measures all column pairs with its own Gaussian noise; the server
    sums them (counts add, noise variances add) and keeps the maximum spanning tree of the
-   summed tables' noisy mutual information. No pooled row is ever needed.
+   summed tables' noisy mutual information, and the chords (second parents) whose noisy
+   conditional information stands out. No pooled row is ever needed.
    The selection also counts each numeric column over its whole statistics grid; from their
    sum the server picks the columns' values (``MarginalModel.rebin``, post-processing) and
    sends the encoder that describes them with the measurement query.
-2. Measurement: the merchants that answered the selection measure the tree's pairs again.
+2. Measurement: the merchants that answered the selection measure the tree's and the chords'
+   pairs again.
 3. The server fits the model from both sums over the merchants that answered both (their rows
    are the population both sums describe).
 
@@ -25,7 +27,14 @@ from server.schema_round import FederationError, query_merchants, wait_for_nodes
 from server.strategy import reply_document
 from synth_models.encoder import TableEncoder
 from synth_models.federation import MARGINALS, MARGINALS_MESSAGE
-from synth_models.marginal_fit import atom_measurements, choose_tree, without_columns
+from synth_models.marginal_fit import (
+    atom_measurements,
+    choose_chords,
+    choose_tree,
+    describe_structure,
+    measured_pairs,
+    without_columns,
+)
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
     MEASUREMENT,
@@ -119,17 +128,17 @@ def run_marginal_rounds(
     log = [{"round": ROUNDS[SELECTION], "phase": SELECTION, "merchants": outcome}]
     summed = _sum(selected, SELECTION, min_replies)
     tree = choose_tree(summed, len(model.sizes))
+    chords = choose_chords(summed, tree, max_chords=model.max_chords)
     # The atom-grid columns' values, from the same sum (post-processing); the measurement
     # round is sent the encoder that describes them.
     rebinned = model.rebin(summed)
     document = {**document, "encoder": encoder.to_dict()}
-    names = [d.name for d in model.domains]
-    logger.info("marginals: tree %s", ", ".join(f"{names[a]}|{names[b]}" for a, b in tree))
+    logger.info("marginals: structure %s", describe_structure(model, tree, chords))
     measured, outcome = marginal_round(
         grid,
         phase=MEASUREMENT,
         nodes=[owners[m] for m in selected],
-        document={**document, "tree": [list(pair) for pair in tree]},
+        document={**document, "tree": [list(pair) for pair in measured_pairs(tree, chords)]},
         timeout=timeout,
         ledgers=ledgers,
         owners=owners,
@@ -144,6 +153,7 @@ def run_marginal_rounds(
             _sum({m: measured[m] for m in both}, MEASUREMENT, min_replies),
         ],
         tree,
+        chords,
     )
     logger.info("marginals: model fitted from %d merchant(s)", len(both))
     return MarginalRounds(weights=model.state_dict(), tree=tree, round_log=log)

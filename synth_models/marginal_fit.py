@@ -1,14 +1,15 @@
 """What a data owner runs for the marginal model, and the one-owner fit.
 
 An owner releases noisy marginals twice: every pair, and each numeric column's counts over its
-whole statistics grid (selection), then the selected tree's pairs (measurement). Between the
-two, the numeric columns take the grid bins that stand out of the selection's noise as their
-values (``MarginalModel.rebin``: post-processing; the encoder's own statistics had only a tenth
-of the budget), so the measurement and the model use them. Each release is one Gaussian
-mechanism, checked against and recorded in the owner's ledger; the noise is planned so that
-the two end exactly at the budget (:func:`marginals.plan_noise_multiplier`). In a federation
-each merchant runs :func:`release_marginals` and the server sums the releases; a single owner
-is a federation of one (:func:`fit_marginal_model`).
+whole statistics grid (selection), then the selected tree's pairs and chords (measurement).
+Between the two, the numeric columns take the grid bins that stand out of the selection's
+noise as their values (``MarginalModel.rebin``: post-processing; the encoder's own
+statistics had only a tenth of the budget), so the measurement and the model use them. Each
+release is one Gaussian mechanism, checked against and recorded in the owner's ledger; the
+noise is planned so that the two end exactly at the budget
+(:func:`marginals.plan_noise_multiplier`). In a federation each merchant runs
+:func:`release_marginals` and the server sums the releases; a single owner is a federation of
+one (:func:`fit_marginal_model`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from privacy.ledger import BudgetExceededError, PrivacyLedger
 from synth_models.encoder import grid_for
-from synth_models.marginal_model import MarginalModel
+from synth_models.marginal_model import MarginalModel, orient_tree, sampling_order
 from synth_models.marginals import (
     MEASUREMENT,
     MEASUREMENT_LABEL,
@@ -29,6 +30,7 @@ from synth_models.marginals import (
     Clique,
     MarginalRelease,
     all_pairs,
+    chord_scores,
     count_atoms,
     discretize,
     measure_marginals,
@@ -41,6 +43,8 @@ from synth_models.schema import DataError
 logger = logging.getLogger(__name__)
 # A release with less budget left than this share would be noise alone: refused instead.
 MIN_REMAINING_SHARE = 0.01
+# Nats of conditional information (above noise) a second parent must add to be measured.
+MIN_CHORD_INFORMATION = 0.03
 
 
 def release_marginals(
@@ -142,6 +146,27 @@ def choose_tree(selection: MarginalRelease, num_columns: int) -> list[Clique]:
     return select_tree(pair_scores(selection), num_columns)
 
 
+def choose_chords(
+    selection: MarginalRelease, tree: list[Clique], *, max_chords: int
+) -> list[Clique]:
+    """Second parents ``(child, second)``, at most one per child and ``max_chords`` in all,
+    whose noisy conditional information (:func:`marginals.chord_scores`) beats
+    ``MIN_CHORD_INFORMATION``: the dependences a tree misses (post-processing)."""
+    if max_chords <= 0:
+        return []
+    num_columns = max(max(c) for c in selection.cliques) + 1
+    parents = orient_tree(tree, num_columns)
+    scores = chord_scores(selection, parents, sampling_order(parents))
+    chosen, children = [], set()
+    for (child, second), score in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])):
+        if score < MIN_CHORD_INFORMATION or len(chosen) >= max_chords:
+            break
+        if child not in children:
+            chosen.append((child, second))
+            children.add(child)
+    return chosen
+
+
 def fit_marginal_model(
     model: MarginalModel,
     data: pd.DataFrame,
@@ -155,17 +180,37 @@ def fit_marginal_model(
         data, model=model, ledger=ledger, phase=SELECTION, rng=rng, source=source
     )
     tree = choose_tree(selection, len(model.sizes))
+    chords = choose_chords(selection, tree, max_chords=model.max_chords)
     rebinned = model.rebin(selection)
     atoms = atom_measurements(model, selection)
     selection = without_columns(selection, rebinned)
     measurement = release_marginals(
-        data, model=model, ledger=ledger, phase=MEASUREMENT, tree=tree, rng=rng, source=source
+        data,
+        model=model,
+        ledger=ledger,
+        phase=MEASUREMENT,
+        tree=measured_pairs(tree, chords),
+        rng=rng,
+        source=source,
     )
-    model.fit_releases([selection, measurement, *atoms], tree)
-    names = [d.name for d in model.domains]
+    model.fit_releases([selection, measurement, *atoms], tree, chords)
     return [
         {
-            "tree": [f"{names[a]}|{names[b]}" for a, b in tree],
+            **describe_structure(model, tree, chords),
             "epsilon": ledger.epsilon() if ledger is not None else float("inf"),
         }
     ]
+
+
+def measured_pairs(tree: list[Clique], chords: list[Clique]) -> list[Clique]:
+    """The pairs the measurement release counts: the tree's and each chord's."""
+    return [*tree, *((min(c), max(c)) for c in chords)]
+
+
+def describe_structure(model: MarginalModel, tree: list[Clique], chords: list[Clique]) -> dict:
+    """The structure by column names, for logs and histories."""
+    names = [d.name for d in model.domains]
+    return {
+        "tree": [f"{names[a]}|{names[b]}" for a, b in tree],
+        "second_parents": [f"{names[c]}<-{names[g]}" for c, g in chords],
+    }

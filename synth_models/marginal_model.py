@@ -1,4 +1,5 @@
-"""The marginal model: a tree of noisy 2-way marginals (MST-style), fitted and sampled.
+"""The marginal model: a tree of noisy 2-way marginals (MST-style) with a few second parents,
+fitted and sampled.
 
 Fitting is post-processing of noisy count tables (``marginals.MarginalRelease``), from one
 owner or summed over merchants: every measurement of a column or pair is combined by
@@ -6,50 +7,43 @@ inverse-variance weighting (a pair table summed over one column is also a measur
 other column), the estimates are projected onto non-negative tables of the estimated row
 count, and each tree pair is scaled (iterative proportional fitting) to the column estimates,
 so that pairs sharing a column agree on it. Sampling walks the tree: the root from its 1-way
-marginal, every other column from ``P(column | parent)``.
+marginal, every other column from ``P(column | parent)``, or from ``P(column | parent,
+second)`` where a chord gives it a second parent: a tree keeps only pairs, so a column that
+two others determine together (a pizza's price: its name and size) needs both.
 
-The learnt state lives in buffers (``parents``, ``one_way``, ``conditionals``), so the model
+The learnt state lives in buffers (``parents``, ``second_parents``, ``one_way``,
+``conditionals``), so the model
 saves, loads and travels like the networks' weights; ``conditionals`` changes length with the
 tree and is resized on load.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
 import torch
 from torch import nn
 
-from synth_models.encoder import UNIT_MARGIN, CategoricalTransform, TableEncoder
+from synth_models.encoder import UNIT_MARGIN, CategoricalTransform, TableEncoder, atom_range
 from synth_models.marginals import (
     Clique,
     ColumnDomain,
     MarginalRelease,
     atom_grid_columns,
     column_domains,
+    count_marginals,
+    project_to_simplex,
     rebin_from_atoms,
+    three_way,
 )
 
 IPF_ITERATIONS = 50
+# Rows drawn from the model to get its own joint of a child's two parents.
+MODEL_JOINT_ROWS = 200_000
 
 
 # -- estimation (plain functions on noisy tables) ----------------------------------------------
-def project_to_simplex(values: np.ndarray, total: float) -> np.ndarray:
-    """The non-negative array summing to ``total`` nearest to ``values`` (Euclidean). It
-    subtracts one common threshold and clips: cells made of noise alone mostly go to zero."""
-    flat = np.asarray(values, dtype=float).ravel()
-    if total <= 0 or flat.size == 0:
-        return np.zeros_like(values, dtype=float)
-    ordered = np.sort(flat)[::-1]
-    cumulative = np.cumsum(ordered) - total
-    index = np.arange(1, flat.size + 1)
-    rho = np.flatnonzero(ordered - cumulative / index > 0)[-1]
-    threshold = cumulative[rho] / (rho + 1)
-    return np.maximum(flat - threshold, 0.0).reshape(np.shape(values))
-
-
 def _pair_view(clique: Clique, table: np.ndarray, pair: Clique) -> np.ndarray | None:
     if clique == pair:
         return table
@@ -148,12 +142,17 @@ def orient_tree(tree: list[Clique], num_columns: int) -> list[int]:
     return parents
 
 
-def sampling_order(parents: list[int]) -> list[int]:
-    """Columns in an order where each parent comes before its children."""
+def sampling_order(parents: list[int], seconds: list[int] | None = None) -> list[int]:
+    """Columns in an order where both parents come before their children."""
+    seconds = seconds or [-1] * len(parents)
     order, placed = [], set()
     pending = list(range(len(parents)))
     while pending:
-        ready = [j for j in pending if parents[j] < 0 or parents[j] in placed]
+        ready = [
+            j
+            for j in pending
+            if (parents[j] < 0 or parents[j] in placed) and (seconds[j] < 0 or seconds[j] in placed)
+        ]
         if not ready:
             raise ValueError(f"parents {parents} do not form a tree")
         order += ready
@@ -175,17 +174,21 @@ class MarginalModel(nn.Module):
     release also counts each numeric column over its whole statistics grid, and the column's
     values are re-chosen from those counts (:meth:`rebin`) before the measurement;
     ``atom_weight``: how many pair tables' worth of the selection's budget each of those counts
-    gets (its noise variance is the pairs' divided by it)."""
+    gets (its noise variance is the pairs' divided by it); ``chords``: most second parents
+    (:func:`marginal_fit.choose_chords`); ``end_share``: least share of rows each declared
+    bound of a lattice column keeps."""
 
     def __init__(
         self,
         encoder: TableEncoder,
         *,
         max_bins: int = 64,
-        selection_share: float = 0.45,
+        selection_share: float = 0.3,
         one_way: bool | str = "numeric",
         atom_grid: bool = True,
         atom_weight: float = 8.0,
+        chords: int = 2,
+        end_share: float = 2e-4,
     ) -> None:
         super().__init__()
         if one_way not in (True, False, "numeric"):
@@ -194,6 +197,8 @@ class MarginalModel(nn.Module):
         self.max_bins = max_bins
         self.atom_grid = atom_grid
         self.atom_weight = float(atom_weight)
+        self.max_chords = chords
+        self.end_share = end_share
         self.domains: list[ColumnDomain] = column_domains(encoder, max_bins=max_bins)
         self.sizes = [d.size for d in self.domains]
         self.selection_share = selection_share
@@ -203,6 +208,7 @@ class MarginalModel(nn.Module):
             "one_way",
             torch.cat([torch.full((s,), 1.0 / s, dtype=torch.float64) for s in self.sizes]),
         )
+        self.register_buffer("second_parents", torch.full((len(self.sizes),), -1, dtype=torch.long))
         self.register_buffer("conditionals", torch.zeros(0, dtype=torch.float64))
 
     # -- what to measure -----------------------------------------------------------------------
@@ -225,7 +231,9 @@ class MarginalModel(nn.Module):
         replaced in place, so the encoder saved or sent with the model describes them). Returns
         the indices of the columns whose domain changed; tables of the old domains that hold
         them must not be used for fitting."""
-        replaced = rebin_from_atoms(self.encoder, self.atom_columns(), selection, self.atom_weight)
+        replaced = rebin_from_atoms(
+            self.encoder, self.atom_columns(), selection, self.atom_weight, self.end_share
+        )
         if not replaced:
             return []
         self.domains = column_domains(self.encoder, max_bins=self.max_bins)
@@ -236,22 +244,87 @@ class MarginalModel(nn.Module):
         return [j for j, d in enumerate(self.domains) if d.name in replaced]
 
     # -- fitting -------------------------------------------------------------------------------
-    def fit_releases(self, releases: list[MarginalRelease], tree: list[Clique]) -> None:
-        """Set the model from noisy measurements (post-processing only) and the tree."""
+    def fit_releases(
+        self,
+        releases: list[MarginalRelease],
+        tree: list[Clique],
+        chords: list[Clique] = (),
+        *,
+        seed: int = 0,
+    ) -> None:
+        """Set the model from noisy measurements (post-processing only), the tree and the
+        chords ``(child, second parent)``. A child with a second parent is drawn from
+        ``P(child | parent, second)``: the three-way table fitted (IPF) to the pair estimates
+        of child and parent, child and second, and the model's own joint of parent and second
+        (from ``MODEL_JOINT_ROWS`` rows drawn from the columns before; seeded)."""
         total = estimate_total(releases)
-        one_way = estimate_one_way(releases, self.sizes, total)
+        one_way = self._with_declared_ends(estimate_one_way(releases, self.sizes, total), total)
         parents = orient_tree(tree, len(self.sizes))
-        blocks = []
-        for child, parent in enumerate(parents):
-            if parent < 0:
-                continue
-            joint = estimate_pair(releases, (parent, child), one_way, total)
-            blocks.append(_conditional(joint, one_way[child]).ravel())
+        seconds = [-1] * len(self.sizes)
+        for child, second in chords:
+            seconds[child] = second
         self.parents = torch.tensor(parents, dtype=torch.long)
+        self.second_parents = torch.full((len(self.sizes),), -1, dtype=torch.long)
         self.one_way = torch.from_numpy(np.concatenate([_normalized(v) for v in one_way])).double()
+        pairs = {}
+        for child, parent in enumerate(parents):
+            if parent >= 0:
+                pairs[child] = estimate_pair(releases, (parent, child), one_way, total)
         self.conditionals = torch.from_numpy(
-            np.concatenate(blocks) if blocks else np.zeros(0)
+            np.concatenate([_conditional(pairs[c], one_way[c]).ravel() for c in sorted(pairs)])
+            if pairs
+            else np.zeros(0)
         ).double()
+        generator = torch.Generator().manual_seed(seed)
+        for child in sampling_order(parents):
+            second = seconds[child]
+            if second < 0:
+                continue
+            codes = self.sample_codes(MODEL_JOINT_ROWS, generator).numpy()
+            parent = parents[child]
+            model_joint = count_marginals(codes, self.sizes, [(parent, second)])[0]
+            pg = model_joint * (total / MODEL_JOINT_ROWS)
+            gc = estimate_pair(releases, (second, child), one_way, total)
+            cube = three_way(pg, _smoothed(pairs[child]), _smoothed(gc))
+            fallback = _conditional(pairs[child], one_way[child])[:, None, :]
+            sums = cube.sum(2, keepdims=True)
+            block = np.where(sums > 0, cube / np.where(sums > 0, sums, 1.0), fallback)
+            self._set_block(child, block, second)
+
+    def _with_declared_ends(self, one_way: list[np.ndarray], total: float) -> list[np.ndarray]:
+        """Declared bounds of a lattice column are values it takes (SDV 2.x reads
+        ``range_min``/``range_max`` as the range the data covers): each keeps at least
+        ``end_share`` of the rows, which noise alone would often take from a rare end value
+        (pizzaplace's dearest pizza: 28 of 49,574 rows). Public knowledge, no data used."""
+        for j, domain in enumerate(self.domains):
+            if domain.kind == "numeric" and atom_range(self.encoder.schema[domain.name]):
+                ends = [0, domain.groups - 1]
+                one_way[j][ends] = np.maximum(one_way[j][ends], self.end_share * total)
+        return one_way
+
+    def _set_block(self, child: int, block: np.ndarray, second: int) -> None:
+        """Replace ``child``'s conditional by ``block`` (parent x second x child)."""
+        start, end = self._offsets(self.parents.tolist(), self.second_parents.tolist())[child]
+        self.second_parents[child] = second
+        flat = torch.from_numpy(np.asarray(block, dtype=float).ravel()).double()
+        self.conditionals = torch.cat([self.conditionals[:start], flat, self.conditionals[end:]])
+
+    def _offsets(self, parents: list[int], seconds: list[int]) -> dict[int, tuple[int, int]]:
+        """Start and end of each child's block in ``conditionals`` (children in column order)."""
+        offsets, start = {}, 0
+        for child, parent in enumerate(parents):
+            if parent >= 0:
+                size = self.sizes[parent] * self.sizes[child]
+                if seconds[child] >= 0:
+                    size *= self.sizes[seconds[child]]
+                offsets[child] = (start, start + size)
+                start += size
+        return offsets
+
+    @property
+    def chords(self) -> list[Clique]:
+        """``(child, second parent)`` of every child drawn from two parents."""
+        return [(c, g) for c, g in enumerate(self.second_parents.tolist()) if g >= 0]
 
     @property
     def tree(self) -> list[Clique]:
@@ -261,6 +334,8 @@ class MarginalModel(nn.Module):
         key = prefix + "conditionals"
         if key in state_dict:  # its length follows the fitted tree
             self.conditionals = torch.zeros_like(state_dict[key], dtype=torch.float64)
+        # Saved before second parents existed: a tree.
+        state_dict.setdefault(prefix + "second_parents", torch.full_like(self.parents, -1))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- sampling ------------------------------------------------------------------------------
@@ -269,30 +344,34 @@ class MarginalModel(nn.Module):
         for size in self.sizes:
             one_way.append(self.one_way[start : start + size])
             start += size
-        parents = self.parents.tolist()
-        expected = sum(self.sizes[p] * self.sizes[c] for c, p in enumerate(parents) if p >= 0)
-        if expected != len(self.conditionals) or any(p >= len(parents) for p in parents):
+        parents, seconds = self.parents.tolist(), self.second_parents.tolist()
+        pairs = zip(parents, seconds, strict=True)
+        if any(max(p, g) >= len(parents) or g >= 0 > p for p, g in pairs):
+            raise ValueError("parents do not index the model's columns")
+        offsets = self._offsets(parents, seconds)
+        if max((end for _, end in offsets.values()), default=0) != len(self.conditionals):
             raise ValueError("conditionals do not match the tree and the encoder's domains")
-        conditionals, start = {}, 0
-        for child, parent in enumerate(parents):
-            if parent >= 0:
-                shape = (self.sizes[parent], self.sizes[child])
-                block = self.conditionals[start : start + math.prod(shape)].reshape(shape)
-                conditionals[child] = block
-                start += math.prod(shape)
+        conditionals = {}
+        for child, (start, end) in offsets.items():
+            shape = (self.sizes[parents[child]], self.sizes[child])
+            if seconds[child] >= 0:
+                shape = (shape[0], self.sizes[seconds[child]], shape[1])
+            conditionals[child] = self.conditionals[start:end].reshape(shape)
         return one_way, conditionals
 
     @torch.no_grad()
     def sample_codes(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Discrete codes (n x columns) drawn from the tree."""
         one_way, conditionals = self._tables()
-        parents = self.parents.tolist()
+        parents, seconds = self.parents.tolist(), self.second_parents.tolist()
         codes = torch.zeros((n, len(self.sizes)), dtype=torch.long)
-        for j in sampling_order(parents):
+        for j in sampling_order(parents, seconds):
             if parents[j] < 0:
                 probabilities = one_way[j].expand(n, -1)
-            else:
+            elif seconds[j] < 0:
                 probabilities = conditionals[j][codes[:, parents[j]]]
+            else:
+                probabilities = conditionals[j][codes[:, parents[j]], codes[:, seconds[j]]]
             codes[:, j] = _draw(probabilities, generator)
         return codes
 
@@ -312,6 +391,15 @@ class MarginalModel(nn.Module):
             else:
                 blocks.append(_numeric_block(column, domain, t.n_modes, t.width, generator))
         return torch.cat(blocks, dim=1)
+
+
+def _smoothed(joint: np.ndarray, weight: float = 1e-3) -> np.ndarray:
+    """``joint`` with ``weight`` of its mass spread as under independence: noisy pair tables
+    of a three-way fit can disagree on which cells are empty, and IPF then empties a value
+    that both hold (such as a rare declared end value)."""
+    total = max(joint.sum(), 1e-12)
+    independent = np.outer(joint.sum(1), joint.sum(0)) / total
+    return (1 - weight) * joint + weight * independent
 
 
 def _normalized(vector: np.ndarray) -> np.ndarray:

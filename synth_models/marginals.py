@@ -271,12 +271,17 @@ def count_atoms(
 
 
 def rebin_from_atoms(
-    encoder: TableEncoder, names: list[str], release: MarginalRelease, atom_weight: float = 1.0
+    encoder: TableEncoder,
+    names: list[str],
+    release: MarginalRelease,
+    atom_weight: float = 1.0,
+    end_share: float = END_ATOM_MASS,
 ) -> list[str]:
     """Post-processing: replace each column's transform by one whose bins are those of its
     grid that stand out of ``release``'s noise, denoised as the encoder denoises its
-    statistics: atoms one by one (plus the declared end values, kept with ``END_ATOM_MASS``),
-    other grids at the finest resolution that shows mass. Returns the columns replaced."""
+    statistics: atoms one by one (plus the declared end values, kept with at least
+    ``end_share`` of the mass), other grids at the finest resolution that shows mass. Returns
+    the columns replaced."""
     if len(names) != len(release.atom_tables):
         raise ValueError(f"{len(release.atom_tables)} grid tables for the columns {names}")
     replaced = []
@@ -287,7 +292,7 @@ def rebin_from_atoms(
         if atom_range(spec) is not None:
             masses = _denoise(counts, release.noise_var / atom_weight)
             ends = masses[[0, -1]]
-            masses[[0, -1]] = np.where(ends > 0, ends, masses.sum() * END_ATOM_MASS)
+            masses[[0, -1]] = np.maximum(ends, masses.sum() * end_share)
         else:
             masses = _denoise_multiresolution(counts, release.noise_var / atom_weight)
         lows, highs = grid_for(spec).bin_bounds()
@@ -326,6 +331,20 @@ def plan_noise_multiplier(
         ledger, target_epsilon=ledger.epsilon_budget, sample_rate=1.0, steps=1, label=label
     )
     return remaining / math.sqrt(selection_share) if phase == SELECTION else remaining
+
+
+def project_to_simplex(values: np.ndarray, total: float) -> np.ndarray:
+    """The non-negative array summing to ``total`` nearest to ``values`` (Euclidean). It
+    subtracts one common threshold and clips: cells made of noise alone mostly go to zero."""
+    flat = np.asarray(values, dtype=float).ravel()
+    if total <= 0 or flat.size == 0:
+        return np.zeros_like(values, dtype=float)
+    ordered = np.sort(flat)[::-1]
+    cumulative = np.cumsum(ordered) - total
+    index = np.arange(1, flat.size + 1)
+    rho = np.flatnonzero(ordered - cumulative / index > 0)[-1]
+    threshold = cumulative[rho] / (rho + 1)
+    return np.maximum(flat - threshold, 0.0).reshape(np.shape(values))
 
 
 def mutual_information(table: np.ndarray) -> float:
@@ -381,3 +400,77 @@ def select_tree(scores: dict[Clique, float], num_columns: int) -> list[Clique]:
             parent[ra] = rb
             tree.append((min(a, b), max(a, b)))
     return tree
+
+
+def three_way(pg: np.ndarray, pc: np.ndarray, gc: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """The maximum-entropy ``(p, g, c)`` table whose pair margins are ``pg``, ``pc`` and ``gc``
+    (iterative proportional fitting from a uniform table; the pairs should agree on their
+    shared columns)."""
+    cube = np.ones((pg.shape[0], pg.shape[1], pc.shape[1]))
+    for _ in range(iterations):
+        for target, axis in ((pg, 2), (pc, 1), (gc, 0)):
+            sums = cube.sum(axis)
+            ratio = np.divide(target, sums, out=np.zeros_like(sums), where=sums > 0)
+            cube *= np.expand_dims(ratio, axis)
+    return cube
+
+
+def conditional_mutual_information(cube: np.ndarray) -> float:
+    """``I(g; c | p)`` in nats of a ``(p, g, c)`` count table."""
+    total = cube.sum()
+    if total <= 0:
+        return 0.0
+    joint = cube / total
+    p = joint.sum((1, 2), keepdims=True)
+    pg = joint.sum(2, keepdims=True)
+    pc = joint.sum(1, keepdims=True)
+    mask = joint > 0
+    ratio = joint * p / np.where(pg * pc > 0, pg * pc, 1.0)
+    return float(np.sum(joint[mask] * np.log(ratio[mask])))
+
+
+def _projected_pair(release: MarginalRelease, a: int, b: int, total: float) -> np.ndarray:
+    for clique, table in zip(release.cliques, release.tables, strict=True):
+        if clique == (a, b):
+            return project_to_simplex(table, total)
+        if clique == (b, a):
+            return project_to_simplex(table, total).T
+    raise KeyError(f"the release does not measure the pair {(a, b)}")
+
+
+def chord_scores(
+    release: MarginalRelease, parents: list[int], order: list[int], *, draws: int = 2, seed: int = 0
+) -> dict[tuple[int, int], float]:
+    """For each pair ``(child, other)`` outside the tree (``other`` sampled before ``child``,
+    which has a parent ``p``): how much ``other`` tells about ``child`` beyond ``p``, ``I(child;
+    other | p)`` of the three-way table fitted to the release's three pair tables, less what
+    noise alone shows (the same score on simulated tables with ``child`` and ``other``
+    independent given ``p``, with the release's noise). Post-processing of the release."""
+    rng = np.random.default_rng(seed)
+    std = math.sqrt(release.noise_var)
+    rank = {j: i for i, j in enumerate(order)}
+    tree = {(min(c, p), max(c, p)) for c, p in enumerate(parents) if p >= 0}
+    total = float(np.median([t.sum() for t in release.tables]))
+    scores = {}
+    for a, b in all_pairs(len(parents)):
+        child, other = (a, b) if rank[a] > rank[b] else (b, a)
+        parent = parents[child]
+        if (a, b) in tree or parent < 0 or parent == other:
+            continue
+        pg = _projected_pair(release, parent, other, total)
+        pc = _projected_pair(release, parent, child, total)
+        gc = _projected_pair(release, other, child, total)
+        raw = conditional_mutual_information(three_way(pg, pc, gc))
+        # Tables with child and other independent given the parent, measured with this noise.
+        rows = np.maximum(pg.sum(1), 1e-12)
+        null = pg[:, :, None] * pc[:, None, :] / rows[:, None, None]
+        noise = [
+            conditional_mutual_information(
+                three_way(
+                    *(project_to_simplex(t + rng.normal(0.0, std, t.shape), total) for t in margins)
+                )
+            )
+            for margins in [(null.sum(2), null.sum(1), null.sum(0))] * (draws if std > 0 else 1)
+        ]
+        scores[(child, other)] = raw - float(np.mean(noise))
+    return scores
