@@ -121,11 +121,12 @@ def test_sampled_prices_are_menu_prices(fitted: TabularSynthesizer, pizza: Datas
     assert (synthetic["price"] == 35.95).mean() < 0.002
 
 
-def test_numeric_one_way_marginals_are_measured(fitted: TabularSynthesizer) -> None:
+def test_which_one_way_marginals_are_measured(fitted: TabularSynthesizer) -> None:
     model = fitted.model_
     names = [d.name for d in model.domains]
-    singles = [c for c in model.measurement_cliques(model.tree) if len(c) == 1]
-    assert [names[j] for (j,) in singles] == ["hour", "price", "items"]
+    assert all(len(c) == 2 for c in model.measurement_cliques(model.tree))  # default: none
+    numeric = MarginalModel(fitted.encoder_, one_way="numeric").measurement_cliques([])
+    assert [names[j] for (j,) in numeric] == ["hour", "price", "items"]
     assert len(MarginalModel(fitted.encoder_, one_way=True).measurement_cliques([])) == 8
     assert MarginalModel(fitted.encoder_, one_way=False).measurement_cliques([(0, 1)]) == [(0, 1)]
     with pytest.raises(ValueError, match="one_way"):
