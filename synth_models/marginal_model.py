@@ -190,6 +190,7 @@ class MarginalModel(nn.Module):
         atom_weight: float = 8.0,
         chords: int = 2,
         end_share: float = 2e-4,
+        systematic: bool = True,
     ) -> None:
         super().__init__()
         if one_way not in (True, False, "numeric"):
@@ -199,6 +200,7 @@ class MarginalModel(nn.Module):
         self.atom_grid = atom_grid
         self.atom_weight = float(atom_weight)
         self.max_chords = chords
+        self.systematic = systematic
         self.end_share = end_share
         self.domains: list[ColumnDomain] = column_domains(encoder, max_bins=max_bins)
         self.sizes = [d.size for d in self.domains]
@@ -368,12 +370,16 @@ class MarginalModel(nn.Module):
         codes = torch.zeros((n, len(self.sizes)), dtype=torch.long)
         for j in sampling_order(parents, seconds):
             if parents[j] < 0:
-                probabilities = one_way[j].expand(n, -1)
+                probabilities, group = one_way[j].expand(n, -1), torch.zeros(n, dtype=torch.long)
             elif seconds[j] < 0:
-                probabilities = conditionals[j][codes[:, parents[j]]]
+                group = codes[:, parents[j]]
+                probabilities = conditionals[j][group]
             else:
-                probabilities = conditionals[j][codes[:, parents[j]], codes[:, seconds[j]]]
-            codes[:, j] = _draw(probabilities, generator)
+                parent, second = codes[:, parents[j]], codes[:, seconds[j]]
+                probabilities = conditionals[j][parent, second]
+                group = parent * self.sizes[seconds[j]] + second
+            draw = _draw_systematic if self.systematic else _draw
+            codes[:, j] = draw(probabilities, group, generator)
         return codes
 
     @torch.no_grad()
@@ -416,10 +422,39 @@ def _conditional(joint: np.ndarray, child: np.ndarray) -> np.ndarray:
     return np.where(sums > 0, joint / np.where(sums > 0, sums, 1.0), fallback)
 
 
-def _draw(probabilities: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One category per row by inverting each row's CDF."""
+def _draw(
+    probabilities: torch.Tensor, group: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """One category per row by inverting each row's CDF at an independent uniform."""
+    del group
+    u = torch.rand(len(probabilities), generator=generator, dtype=torch.float64)
+    return _invert(probabilities, u)
+
+
+def _draw_systematic(
+    probabilities: torch.Tensor, group: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Systematic sampling within each group of rows that share their parents' values (and so
+    their distribution): the k rows of a group, in random order, invert the CDF at
+    ``(U + 0, 1, ..., k - 1) / k`` for one uniform ``U``. Each row is still a draw from its
+    distribution, but a group's counts are within one of their expectation per category, so
+    the sample shows the model instead of the model plus multinomial noise."""
+    n = len(group)
+    order = torch.randperm(n, generator=generator)
+    order = order[torch.argsort(group[order], stable=True)]  # by group, random within
+    sorted_group = group[order]
+    sizes = torch.bincount(sorted_group)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.arange(n) - starts[sorted_group]
+    offset = torch.rand(len(sizes), generator=generator, dtype=torch.float64)[sorted_group]
+    u = torch.empty(n, dtype=torch.float64)
+    u[order] = (offset + rank) / sizes[sorted_group]
+    return _invert(probabilities, u)
+
+
+def _invert(probabilities: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = probabilities.cumsum(dim=1)
-    u = torch.rand((len(probabilities), 1), generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    u = (u.to(cdf.dtype) * cdf[:, -1])[:, None]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probabilities.shape[1] - 1)[:, 0]
 
 

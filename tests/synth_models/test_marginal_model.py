@@ -200,3 +200,21 @@ def test_second_parent_learns_what_a_tree_cannot() -> None:
         hits[chords] = (fake["a"] + 2 * fake["b"] == fake["c"]).mean()
     assert hits[0] < 0.85  # about 0.75
     assert hits[2] > 0.98
+
+
+def test_systematic_draws_match_their_distribution_within_one() -> None:
+    from synth_models.marginal_model import _draw_systematic
+
+    generator = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.0, 0.9]], dtype=torch.float64)
+    group = torch.tensor([0] * 1000 + [1] * 333)
+    codes = _draw_systematic(p[group], group, generator)
+    for g, rows in ((0, 1000), (1, 333)):
+        counts = torch.bincount(codes[group == g], minlength=3).double()
+        assert torch.all((counts - rows * p[g]).abs() <= 1.0)
+    assert not torch.any(codes[group == 1] == 1)  # a zero-probability value never comes
+    # every row is still a draw from its distribution: one row per call, many calls
+    single = torch.zeros(1, dtype=torch.long)
+    hits = [int(_draw_systematic(p[:1], single, generator)) for _ in range(4000)]
+    assert abs(np.mean(np.array(hits) == 0) - 0.5) < 0.03
+    assert abs(np.mean(np.array(hits) == 2) - 0.2) < 0.03
