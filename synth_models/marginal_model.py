@@ -440,8 +440,10 @@ def _draw_systematic(
     distribution, but a group's counts are within one of their expectation per category, so
     the sample shows the model instead of the model plus multinomial noise."""
     n = len(group)
-    order = torch.randperm(n, generator=generator)
-    order = order[torch.argsort(group[order], stable=True)]  # by group, random within
+    # By group, in random order within (unique keys: any sort will do; numpy's is ~50x
+    # faster than torch's on CPU here).
+    keys = group * n + torch.randperm(n, generator=generator)
+    order = torch.from_numpy(np.argsort(keys.numpy()))
     sorted_group = group[order]
     sizes = torch.bincount(sorted_group)
     starts = torch.cumsum(sizes, 0) - sizes
