@@ -169,7 +169,7 @@ class MarginalModel(nn.Module):
     marginals' budget (in RDP terms) spent selecting the tree; ``one_way``: which columns'
     1-way marginals are measured again with the tree pairs: ``False`` (none: each column is
     in the selection's pair tables, numeric ones also in their grid counts, and one table
-    less gives the others less noise: pizzaplace at ε = 1, 5 merchants, 0.975 -> 0.979 over
+    less gives the others less noise: pizzaplace at ε = 1, 5 merchants, 0.976 -> 0.979 over
     6 seeds), ``"numeric"`` (numeric and datetime columns) or ``True`` (every column);
     ``atom_grid``: the selection
     release also counts each numeric column over its whole statistics grid, and the column's
