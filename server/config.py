@@ -26,7 +26,8 @@ class FederationConfig:
     batch_size: int = 500
     max_grad_norm: float = 1.0
     generator_lr: float = 2e-4
-    discriminator_lr: float = 2e-4
+    discriminator_lr: float = 2e-4  # without DP
+    dp_discriminator_lr: float = 3e-3  # the critic under DP-SGD
     vae_lr: float = 3e-3
     model_options: dict = field(default_factory=dict)
     min_nodes: int = 1  # merchants to wait for before the schema round
@@ -73,6 +74,7 @@ class FederationConfig:
             max_grad_norm=self.max_grad_norm,
             generator_lr=self.generator_lr,
             discriminator_lr=self.discriminator_lr,
+            dp_discriminator_lr=self.dp_discriminator_lr,
             vae_lr=self.vae_lr,
         )
 

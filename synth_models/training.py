@@ -30,6 +30,12 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     generator_lr: float = 2e-4
     discriminator_lr: float = 2e-4
+    # The critic's learning rate under DP-SGD. Its noisy, clipped steps learn nothing at 2e-4
+    # (critic loss stays near log 2); 3e-3 lifts the GAN's SDMetrics quality on pizzaplace from
+    # 0.51-0.57 to 0.66 at epsilon 1 and TSTR/TRTR from 0.25 to 0.69. Without DP the critic
+    # then overpowers the generator (quality 0.84 -> 0.38), so plain training keeps
+    # ``discriminator_lr``.
+    dp_discriminator_lr: float = 3e-3
     vae_lr: float = 3e-3
     weight_decay: float = 1e-6
 
@@ -110,9 +116,10 @@ def train_local(
 
 def _gan_epochs(model, loader, config, dp, generator):
     model.train()
+    private = dp["noise_multiplier"] is not None
     d_optimizer = torch.optim.Adam(
         model.discriminator.parameters(),
-        lr=config.discriminator_lr,
+        lr=config.dp_discriminator_lr if private else config.discriminator_lr,
         betas=(0.5, 0.9),
         weight_decay=config.weight_decay,
     )
@@ -156,7 +163,7 @@ def _vae_epochs(model, loader, config, dp):
     parts = make_training_parts(
         module=model,
         optimizer=optimizer,
-        criterion=ELBOLoss(model.spans),
+        criterion=ELBOLoss(model.spans, reconstruction_weight=model.reconstruction_weight),
         loader=loader,
         max_grad_norm=config.max_grad_norm,
         label=TRAINING_LABEL,
