@@ -25,7 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from synth_models.encoder import UNIT_MARGIN, CategoricalTransform, TableEncoder, atom_range
+from synth_models.encoder import (
+    END_ATOM_MASS,
+    UNIT_MARGIN,
+    CategoricalTransform,
+    TableEncoder,
+    atom_range,
+)
 from synth_models.marginals import (
     Clique,
     ColumnDomain,
@@ -189,7 +195,7 @@ class MarginalModel(nn.Module):
         atom_grid: bool = True,
         atom_weight: float = 8.0,
         chords: int = 2,
-        end_share: float = 2e-4,
+        end_share: float = END_ATOM_MASS,
         systematic: bool = True,
     ) -> None:
         super().__init__()

@@ -277,8 +277,8 @@ def test_atom_grid_decodes_to_exact_values() -> None:
         assert set(decoded) <= set(MENU)
 
 
-def test_declared_bounds_stay_in_the_domain_with_negligible_mass() -> None:
-    # 3 rows at 35.95 and 40 at 9.75 are far below the noise: the bounds stay, nearly massless
+def test_declared_bounds_stay_in_the_domain_with_a_small_mass() -> None:
+    # 3 rows at 35.95 and 40 at 9.75 are far below the noise: the bounds stay, with a small mass
     schema = TableSchema.from_metadata(PRICE_META)
     frame = menu_frame()
     price = dp_encoder(frame, schema, seed=4, noise=30.0).transforms["price"]
@@ -287,9 +287,9 @@ def test_declared_bounds_stay_in_the_domain_with_negligible_mass() -> None:
     # their rows still reach them (a model that counts rows, like the marginal model, sees them)
     top = price.bin_of_unit(price.to_unit(np.array([35.95, 9.75])))
     assert price.atoms[top].tolist() == [35.95, 9.75]
-    # a GAN or VAE practically never samples them
-    decoded = price.decode(random_blocks(price, 20_000, seed=2)).to_numpy()
-    assert not np.isin(decoded, [9.75, 35.95]).any()
+    # a GAN or VAE reaches them about as often as their mass says, saturated outputs included
+    decoded = price.decode(random_blocks(price, 50_000, seed=2)).to_numpy()
+    assert 0 < np.isin(decoded, [9.75, 35.95]).mean() < 10 * END_ATOM_MASS
 
 
 def test_values_in_suppressed_bins_go_to_the_nearest_mass() -> None:
