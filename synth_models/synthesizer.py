@@ -9,6 +9,7 @@ marginal model (``marginal_fit.py``) measures noisy marginals instead of trainin
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import asdict
@@ -54,6 +55,15 @@ def build_model(kind: str, encoder: TableEncoder, options: dict | None = None) -
         raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
     return MODELS[kind](encoder, **options)
+
+
+def effective_model_options(kind: str, options: dict | None = None) -> dict:
+    """``options`` with every keyword default of the model written out (tuples as lists), so
+    that a saved artifact rebuilds the same network after a default changes."""
+    parameters = inspect.signature(MODELS[kind]).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    merged = {**defaults, **(options or {})}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
 
 
 def release_encoder_statistics(
@@ -251,7 +261,7 @@ class TabularSynthesizer:
         self._check_fitted()
         return {
             "model": self.model,
-            "model_options": self.model_options,
+            "model_options": effective_model_options(self.model, self.model_options),
             "training": self.training.to_dict(),
             "statistics_share": self.statistics_share,
             "metadata": self.metadata,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from synth_models.artifact import MANIFEST, WEIGHTS, ArtifactError, load_artifact
-from synth_models.synthesizer import TabularSynthesizer
+from synth_models.synthesizer import TabularSynthesizer, effective_model_options
 from synth_models.training import TrainingConfig
 
 METADATA = {
@@ -103,6 +103,10 @@ def test_manifest_is_plain_json(fitted: TabularSynthesizer, saved: Path) -> None
     assert manifest["privacy"]["epsilon"] == pytest.approx(fitted.epsilon_spent)
     assert manifest["privacy"]["delta"] == 1e-5
     assert set(manifest["versions"]) >= {"torch", "opacus"}
+    # every network option is written out, so a later change of defaults rebuilds this network
+    defaults = effective_model_options(fitted.model)
+    assert set(manifest["model_options"]) == set(defaults)
+    assert manifest["model_options"] == {**defaults, **json.loads(json.dumps(fitted.model_options))}
 
 
 # -- tampering ----------------------------------------------------------------------------------
