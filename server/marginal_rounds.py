@@ -27,14 +27,7 @@ from server.schema_round import FederationError, query_merchants, wait_for_nodes
 from server.strategy import reply_document
 from synth_models.encoder import TableEncoder
 from synth_models.federation import MARGINALS, MARGINALS_MESSAGE
-from synth_models.marginal_fit import (
-    atom_measurements,
-    choose_chords,
-    choose_tree,
-    describe_structure,
-    measured_pairs,
-    without_columns,
-)
+from synth_models.marginal_fit import choose_structure, fit_structure
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
     MEASUREMENT,
@@ -127,18 +120,16 @@ def run_marginal_rounds(
     )
     log = [{"round": ROUNDS[SELECTION], "phase": SELECTION, "merchants": outcome}]
     summed = _sum(selected, SELECTION, min_replies)
-    tree = choose_tree(summed, len(model.sizes))
-    chords = choose_chords(summed, tree, max_chords=model.max_chords)
-    # The atom-grid columns' values, from the same sum (post-processing); the measurement
-    # round is sent the encoder that describes them.
-    rebinned = model.rebin(summed)
+    # The atom-grid columns' values come from the same sum (post-processing); the
+    # measurement round is sent the encoder that describes them.
+    structure = choose_structure(model, summed)
     document = {**document, "encoder": encoder.to_dict()}
-    logger.info("marginals: structure %s", describe_structure(model, tree, chords))
+    logger.info("marginals: structure %s", structure.describe(model))
     measured, outcome = marginal_round(
         grid,
         phase=MEASUREMENT,
         nodes=[owners[m] for m in selected],
-        document={**document, "tree": [list(pair) for pair in measured_pairs(tree, chords)]},
+        document={**document, "tree": [list(pair) for pair in structure.measured_pairs]},
         timeout=timeout,
         ledgers=ledgers,
         owners=owners,
@@ -146,14 +137,7 @@ def run_marginal_rounds(
     log.append({"round": ROUNDS[MEASUREMENT], "phase": MEASUREMENT, "merchants": outcome})
     both = sorted(set(selected) & set(measured))
     selection = _sum({m: selected[m] for m in both}, SELECTION, min_replies)
-    model.fit_releases(
-        [
-            without_columns(selection, rebinned),
-            *atom_measurements(model, selection),
-            _sum({m: measured[m] for m in both}, MEASUREMENT, min_replies),
-        ],
-        tree,
-        chords,
-    )
+    measurement = _sum({m: measured[m] for m in both}, MEASUREMENT, min_replies)
+    fit_structure(model, structure, selection, measurement)
     logger.info("marginals: model fitted from %d merchant(s)", len(both))
-    return MarginalRounds(weights=model.state_dict(), tree=tree, round_log=log)
+    return MarginalRounds(weights=model.state_dict(), tree=structure.tree, round_log=log)

@@ -15,6 +15,7 @@ one (:func:`fit_marginal_model`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -179,38 +180,71 @@ def fit_marginal_model(
     selection = release_marginals(
         data, model=model, ledger=ledger, phase=SELECTION, rng=rng, source=source
     )
-    tree = choose_tree(selection, len(model.sizes))
-    chords = choose_chords(selection, tree, max_chords=model.max_chords)
-    rebinned = model.rebin(selection)
-    atoms = atom_measurements(model, selection)
-    selection = without_columns(selection, rebinned)
+    structure = choose_structure(model, selection)
     measurement = release_marginals(
         data,
         model=model,
         ledger=ledger,
         phase=MEASUREMENT,
-        tree=measured_pairs(tree, chords),
+        tree=structure.measured_pairs,
         rng=rng,
         source=source,
     )
-    model.fit_releases([selection, measurement, *atoms], tree, chords)
+    fit_structure(model, structure, selection, measurement)
     return [
         {
-            **describe_structure(model, tree, chords),
+            **structure.describe(model),
             "epsilon": ledger.epsilon() if ledger is not None else float("inf"),
         }
     ]
 
 
-def measured_pairs(tree: list[Clique], chords: list[Clique]) -> list[Clique]:
-    """The pairs the measurement release counts: the tree's and each chord's."""
-    return [*tree, *((min(c), max(c)) for c in chords)]
+@dataclass
+class MarginalStructure:
+    """What the server reads from the (summed) selection release, post-processing only: the
+    tree, the chords ``(child, second parent)`` and the columns whose values
+    :meth:`MarginalModel.rebin` re-chose (their selection tables no longer fit)."""
+
+    tree: list[Clique]
+    chords: list[Clique]
+    rebinned: list[int]
+
+    @property
+    def measured_pairs(self) -> list[Clique]:
+        """The pairs the measurement release counts: the tree's and each chord's."""
+        return [*self.tree, *((min(c), max(c)) for c in self.chords)]
+
+    def describe(self, model: MarginalModel) -> dict:
+        """The structure by column names, for logs and histories."""
+        names = [d.name for d in model.domains]
+        return {
+            "tree": [f"{names[a]}|{names[b]}" for a, b in self.tree],
+            "second_parents": [f"{names[c]}<-{names[g]}" for c, g in self.chords],
+        }
 
 
-def describe_structure(model: MarginalModel, tree: list[Clique], chords: list[Clique]) -> dict:
-    """The structure by column names, for logs and histories."""
-    names = [d.name for d in model.domains]
-    return {
-        "tree": [f"{names[a]}|{names[b]}" for a, b in tree],
-        "second_parents": [f"{names[c]}<-{names[g]}" for c, g in chords],
-    }
+def choose_structure(model: MarginalModel, selection: MarginalRelease) -> MarginalStructure:
+    """Tree and chords from ``selection``, then the atom-grid columns' values from the same
+    release (``model`` is rebinned in place, so the encoder it holds describes them)."""
+    tree = choose_tree(selection, len(model.sizes))
+    chords = choose_chords(selection, tree, max_chords=model.max_chords)
+    return MarginalStructure(tree, chords, model.rebin(selection))
+
+
+def fit_structure(
+    model: MarginalModel,
+    structure: MarginalStructure,
+    selection: MarginalRelease,
+    measurement: MarginalRelease,
+) -> None:
+    """Fit ``model`` from both releases: the selection's tables that still fit the domains,
+    its grid counts as 1-way tables, and the measurement."""
+    model.fit_releases(
+        [
+            without_columns(selection, structure.rebinned),
+            *atom_measurements(model, selection),
+            measurement,
+        ],
+        structure.tree,
+        structure.chords,
+    )

@@ -27,15 +27,7 @@ from privacy.statistics import merge_statistics
 from simulations.datasets import load_dataset
 from simulations.partition import partition_table
 from synth_models.encoder import TableEncoder
-from synth_models.marginal_fit import (
-    atom_measurements,
-    choose_chords,
-    choose_tree,
-    describe_structure,
-    measured_pairs,
-    release_marginals,
-    without_columns,
-)
+from synth_models.marginal_fit import choose_structure, fit_structure, release_marginals
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import MEASUREMENT, SELECTION, merge_releases
 from synth_models.synthesizer import build_model, release_encoder_statistics
@@ -75,15 +67,8 @@ def replay(
         ])  # fmt: skip
 
     selection = release(SELECTION)
-    tree = choose_tree(selection, len(model.sizes))
-    chords = choose_chords(selection, tree, max_chords=model.max_chords)
-    rebinned = model.rebin(selection)
-    measurement = release(MEASUREMENT, measured_pairs(tree, chords))
-    model.fit_releases(
-        [without_columns(selection, rebinned), *atom_measurements(model, selection), measurement],
-        tree,
-        chords,
-    )
+    structure = choose_structure(model, selection)
+    fit_structure(model, structure, selection, release(MEASUREMENT, structure.measured_pairs))
     generator = torch.Generator().manual_seed(seed)
     synthetic = encoder.inverse_transform(model.generate(len(train), generator).numpy())
     scores = quality_scores(train, synthetic, dataset.metadata, dataset.table_name)
@@ -93,7 +78,7 @@ def replay(
         "quality_all_pairs": scores["quality_all_pairs"],
         "epsilon": max(ledger.epsilon() for ledger in ledgers),
         "max_price": float(synthetic["price"].max()),
-        **describe_structure(model, tree, chords),
+        **structure.describe(model),
     }
 
 
