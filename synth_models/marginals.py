@@ -464,13 +464,14 @@ def chord_scores(
         # Tables with child and other independent given the parent, measured with this noise.
         rows = np.maximum(pg.sum(1), 1e-12)
         null = pg[:, :, None] * pc[:, None, :] / rows[:, None, None]
+        margins = (null.sum(2), null.sum(1), null.sum(0))
+
+        def noisy(t: np.ndarray) -> np.ndarray:
+            return project_to_simplex(t + rng.normal(0.0, std, t.shape), total)
+
         noise = [
-            conditional_mutual_information(
-                three_way(
-                    *(project_to_simplex(t + rng.normal(0.0, std, t.shape), total) for t in margins)
-                )
-            )
-            for margins in [(null.sum(2), null.sum(1), null.sum(0))] * (draws if std > 0 else 1)
+            conditional_mutual_information(three_way(*map(noisy, margins)))
+            for _ in range(draws if std > 0 else 1)
         ]
         scores[(child, other)] = raw - float(np.mean(noise))
     return scores
