@@ -174,6 +174,7 @@ def make_client_app(
                 tree=config.get("tree"),
                 seed=_seed(config["seed"], state.merchant, "marginals", config["phase"]),
                 source=source,
+                target_epsilon=config.get("target_epsilon"),
             )
             return RecordDict(
                 {

@@ -188,10 +188,12 @@ def marginals_round(
     tree: list[tuple[int, int]] | None,
     seed: int,
     source: str,
+    target_epsilon: float | None = None,
 ) -> tuple[MarginalRelease, dict[str, float]]:
     """This merchant's noisy marginals for the marginal model's ``phase`` (selection: every
     pair; measurement: the server's ``tree``), recorded in its ledger; returns them and the
-    round's metrics. Its noise is its own: the sum over merchants carries all of it."""
+    round's metrics. Its noise is its own: the sum over merchants carries all of it. The two
+    phases end at ``target_epsilon`` (a GAN's or VAE's warm start) or at the budget."""
     model = build_model("marginal", encoder, model_options)
     if not isinstance(model, MarginalModel):
         raise TypeError("the marginals round needs the marginal model")
@@ -206,6 +208,7 @@ def marginals_round(
         tree=None if tree is None else [tuple(pair) for pair in tree],
         rng=np.random.default_rng(seed),
         source=source,
+        target_epsilon=target_epsilon,
     )
     metrics = {
         "num-examples": float(state.dp_rows if private else len(table)),

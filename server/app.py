@@ -8,7 +8,10 @@
    it, skipping the schema round and keeping the ledgers.
 
 The marginal model (``model = "marginal"``) replaces step 2 by two rounds of noisy marginals
-(``server/marginal_rounds.py``) and is checkpointed once, fitted.
+(``server/marginal_rounds.py``) and is checkpointed once, fitted. The GAN and the VAE run the
+same two rounds first, at ``warm-start-share`` of the budget, and start training from a network
+the server fits to that marginal model's rows (``synth_models/warm_start.py``); the warm-started
+weights are checkpointed as round 0.
 """
 
 from __future__ import annotations
@@ -29,10 +32,17 @@ from server.marginal_rounds import ROUNDS, run_marginal_rounds
 from server.schema_round import schema_round
 from server.strategy import MerchantFedAvg
 from synth_models.artifact import load_artifact
+from synth_models.encoder import TableEncoder
 from synth_models.federation import DOCUMENT_KEY, dumps
 from synth_models.io import load_metadata
 from synth_models.schema import TableSchema
 from synth_models.synthesizer import TabularSynthesizer, build_model
+from synth_models.warm_start import (
+    marginal_for_warm_start,
+    uses_warm_start,
+    warm_start,
+    warm_start_target,
+)
 
 logger = logging.getLogger(__name__)
 ARTIFACT = "synthesizer"
@@ -98,6 +108,18 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         )
         torch.manual_seed(config.seed)
         weights = build_model(config.model, encoder, config.model_options).state_dict()
+        if uses_warm_start(config.model, config.training(), schema):
+            encoder, weights = warm_start_federation(
+                grid, config, encoder, merged.row_count, run_dir, ledgers, owners
+            )
+            _synthesizer(config, metadata, encoder, weights, ledgers).save(
+                artifact,
+                federation={
+                    "rounds_completed": 0,
+                    "num_rounds": config.num_rounds,
+                    "config": config.to_dict(),
+                },
+            )
 
     if config.model == "marginal":
         round_log = (
@@ -245,7 +267,63 @@ def marginal_federation(
             "config": config.to_dict(),
         },
     )
-    for entry in rounds.round_log:
+    _log_marginal_rounds(run_dir, rounds.round_log, started)
+    logger.info(
+        "marginal model fitted (epsilon %.4f); checkpoint %s", synth.epsilon_spent, artifact
+    )
+    return rounds.round_log
+
+
+def warm_start_federation(
+    grid: Grid,
+    config: FederationConfig,
+    encoder,
+    dp_rows: float,
+    run_dir: Path,
+    ledgers: dict[str, dict],
+    owners: dict[str, int],
+) -> tuple[TableEncoder, dict[str, torch.Tensor]]:
+    """The GAN's or VAE's warm start: the marginal model's two rounds up to the warm start's
+    share of every merchant's budget, then the network trained here on the fitted marginal
+    model's rows (post-processing). Returns the encoder the training rounds use (the marginal
+    model's, whose numeric values come from its selection round) and the network's weights."""
+    started = time.perf_counter()
+    training = config.training()
+    marginal = marginal_for_warm_start(encoder)
+    rounds = run_marginal_rounds(
+        grid,
+        encoder=marginal.encoder,
+        model=marginal,
+        document={
+            "model": "marginal",
+            "model_options": {},
+            "epsilon": config.epsilon,
+            "delta": config.delta,
+            "seed": config.seed,
+            "target_epsilon": warm_start_target(
+                config.epsilon, statistics_share=config.statistics_share, config=training
+            ),
+        },
+        min_replies=config.min_train_replies,
+        min_nodes=config.min_nodes,
+        timeout=config.round_timeout,
+        ledgers=ledgers,
+        owners=owners,
+    )
+    _log_marginal_rounds(
+        run_dir,
+        [{**e, "round": 0, "phase": f"warm start {e['phase']}"} for e in rounds.round_log],
+        started,
+    )
+    torch.manual_seed(config.seed)
+    network = build_model(config.model, marginal.encoder, config.model_options)
+    warm_start(network, marginal, num_rows=dp_rows, config=training, seed=config.seed)
+    logger.info("warm start done in %.1f s", time.perf_counter() - started)
+    return marginal.encoder, network.state_dict()
+
+
+def _log_marginal_rounds(run_dir: Path, round_log: list[dict], started: float) -> None:
+    for entry in round_log:
         _append_jsonl(
             run_dir / "rounds.jsonl",
             {
@@ -257,10 +335,6 @@ def marginal_federation(
                 "seconds": time.perf_counter() - started,
             },
         )
-    logger.info(
-        "marginal model fitted (epsilon %.4f); checkpoint %s", synth.epsilon_spent, artifact
-    )
-    return rounds.round_log
 
 
 def federated_audit(

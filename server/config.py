@@ -24,11 +24,14 @@ class FederationConfig:
     delta: float = 1e-5
     statistics_share: float = 0.1
     batch_size: int = 500
+    min_steps_per_epoch: int = 80  # smaller merchants train with smaller batches
     max_grad_norm: float = 1.0
     generator_lr: float = 2e-4
     discriminator_lr: float = 2e-4  # without DP
     dp_discriminator_lr: float = 3e-3  # the critic under DP-SGD
     vae_lr: float = 3e-3
+    warm_start_share: float = 0.3  # GAN/VAE: epsilon share of the marginal model they start from
+    warm_start_epochs: int = 10
     model_options: dict = field(default_factory=dict)
     min_nodes: int = 1  # merchants to wait for before the schema round
     min_train_replies: int = 1  # a round with fewer successful merchants keeps the old model
@@ -44,6 +47,13 @@ class FederationConfig:
     target: str = ""  # column for train-on-synthetic / test-on-real utility
     sensitive_columns: str = ""  # comma-separated, for DisclosureProtection
     audit_rows: int = 20_000  # synthetic rows each merchant audits against
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warm_start_share < 1 - self.statistics_share:
+            raise ValueError(
+                f"warm-start-share must be in [0, 1 - statistics-share = "
+                f"{1 - self.statistics_share:g}): DP-SGD needs a share of the budget too"
+            )
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> FederationConfig:
@@ -71,11 +81,14 @@ class FederationConfig:
         return TrainingConfig(
             epochs=self.local_epochs,
             batch_size=self.batch_size,
+            min_steps_per_epoch=self.min_steps_per_epoch,
             max_grad_norm=self.max_grad_norm,
             generator_lr=self.generator_lr,
             discriminator_lr=self.discriminator_lr,
             dp_discriminator_lr=self.dp_discriminator_lr,
             vae_lr=self.vae_lr,
+            warm_start_share=self.warm_start_share,
+            warm_start_epochs=self.warm_start_epochs,
         )
 
     def resolve(self, path: str) -> Path:

@@ -14,6 +14,7 @@ one (:func:`fit_marginal_model`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -57,10 +58,12 @@ def release_marginals(
     tree: list[Clique] | None = None,
     rng: np.random.Generator,
     source: str | None = None,
+    target_epsilon: float | None = None,
 ) -> MarginalRelease:
     """This owner's noisy marginals for ``phase`` (selection: all pairs; measurement: the
-    ``tree``), recorded in ``ledger`` (None: exact counts, no DP). Raises
-    BudgetExceededError, before touching a row, when the budget cannot pay for it."""
+    ``tree``), recorded in ``ledger`` (None: exact counts, no DP). The two phases together end
+    at ``target_epsilon`` (default: the ledger's budget). Raises BudgetExceededError, before
+    touching a row, when the budget cannot pay for it."""
     if phase == SELECTION:
         cliques = all_pairs(len(model.sizes))
     else:
@@ -75,7 +78,12 @@ def release_marginals(
             f"{ledger.epsilon_budget:.4f}); refusing the marginals' {phase}"
         )
     try:
-        noise = plan_noise_multiplier(ledger, phase=phase, selection_share=model.selection_share)
+        noise = plan_noise_multiplier(
+            ledger,
+            phase=phase,
+            selection_share=model.selection_share,
+            target_epsilon=target_epsilon,
+        )
     except ValueError as exc:  # what is left cannot pay for a useful release
         raise BudgetExceededError(f"{ledger.owner!r}: {exc}; refusing the marginals") from exc
     codes = discretize(data, model.encoder, model.domains, source=source)
@@ -175,21 +183,17 @@ def fit_marginal_model(
     ledger: PrivacyLedger | None,
     rng: np.random.Generator,
     source: str | None = None,
+    target_epsilon: float | None = None,
 ) -> list[dict]:
-    """Fit ``model`` on one owner's table: select, measure, estimate. Returns a history."""
-    selection = release_marginals(
-        data, model=model, ledger=ledger, phase=SELECTION, rng=rng, source=source
-    )
+    """Fit ``model`` on one owner's table: select, measure, estimate (spending up to
+    ``target_epsilon``, default the whole budget). Returns a history."""
+    release = functools.partial(
+        release_marginals, data, model=model, ledger=ledger, rng=rng, source=source,
+        target_epsilon=target_epsilon,
+    )  # fmt: skip
+    selection = release(phase=SELECTION)
     structure = choose_structure(model, selection)
-    measurement = release_marginals(
-        data,
-        model=model,
-        ledger=ledger,
-        phase=MEASUREMENT,
-        tree=structure.measured_pairs,
-        rng=rng,
-        source=source,
-    )
+    measurement = release(phase=MEASUREMENT, tree=structure.measured_pairs)
     fit_structure(model, structure, selection, measurement)
     return [
         {

@@ -313,13 +313,18 @@ def rebin_from_atoms(
 
 
 def plan_noise_multiplier(
-    ledger: PrivacyLedger | None, *, phase: str, selection_share: float
+    ledger: PrivacyLedger | None,
+    *,
+    phase: str,
+    selection_share: float,
+    target_epsilon: float | None = None,
 ) -> float:
     """Noise of the next marginal release, so that selection then measurement end exactly at
     the ledger's budget. Both are Gaussian (``sample_rate = 1``), whose RDP is ``alpha / (2
     sigma^2)``: the remaining budget is one Gaussian of noise ``s`` split into ``1/s^2 =
     share/s^2 + (1 - share)/s^2``. Selection takes ``share`` of it; measurement takes what is
-    left, calibrated on the ledger itself (0 without a ledger: exact counts)."""
+    left, calibrated on the ledger itself (0 without a ledger: exact counts). Both end at
+    ``target_epsilon`` instead when given (a share of the budget, e.g. for a warm start)."""
     if phase not in (SELECTION, MEASUREMENT):
         raise ValueError(f"unknown phase {phase!r}")
     if not 0 < selection_share < 1:
@@ -327,9 +332,11 @@ def plan_noise_multiplier(
     if ledger is None:
         return 0.0
     label = SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL
+    target = ledger.epsilon_budget if target_epsilon is None else target_epsilon
     remaining = calibrate_noise_multiplier(
-        ledger, target_epsilon=ledger.epsilon_budget, sample_rate=1.0, steps=1, label=label
-    )
+        ledger, target_epsilon=min(target, ledger.epsilon_budget), sample_rate=1.0, steps=1,
+        label=label,
+    )  # fmt: skip
     return remaining / math.sqrt(selection_share) if phase == SELECTION else remaining
 
 

@@ -33,6 +33,12 @@ from synth_models.marginal_model import MarginalModel
 from synth_models.schema import TableSchema, validate_table
 from synth_models.training import TrainingConfig, plan_steps, train_local
 from synth_models.vae import VAEModel
+from synth_models.warm_start import (
+    marginal_for_warm_start,
+    uses_warm_start,
+    warm_start,
+    warm_start_target,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +128,18 @@ class TabularSynthesizer:
             raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
         if not 0 < statistics_share < 1:
             raise ValueError("statistics_share must be in (0, 1)")
+        training = training or TrainingConfig()
+        if not 0 <= training.warm_start_share < 1 - statistics_share:
+            raise ValueError(
+                f"warm_start_share must be in [0, 1 - statistics_share = {1 - statistics_share}):"
+                " DP-SGD needs a share of the budget too"
+            )
         self.metadata = metadata if isinstance(metadata, dict) else metadata.to_dict()
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
         self.statistics_share = statistics_share
-        self.training = training or TrainingConfig()
+        self.training = training
         self.model_options = model_options or {}
         self.table_name = table_name
         self.seed = seed
@@ -166,16 +178,35 @@ class TabularSynthesizer:
             )
         self.encoder_ = TableEncoder.from_statistics(schema, stats)
         torch.manual_seed(int(rng.integers(2**31)))
-        self.model_ = build_model(self.model, self.encoder_, self.model_options)
-        if isinstance(self.model_, MarginalModel):
+        if self.model == "marginal":
+            self.model_ = build_model(self.model, self.encoder_, self.model_options)
             self.history_ = fit_marginal_model(
                 self.model_, data, ledger=ledger, rng=rng, source=source
             )
             self.ledgers_ = {} if ledger is None else {"local": ledger}
             return self
+        marginal = None
+        if uses_warm_start(self.model, self.training, schema):
+            marginal = marginal_for_warm_start(self.encoder_)
+            target = warm_start_target(
+                self.epsilon, statistics_share=self.statistics_share, config=self.training
+            )
+            fit_marginal_model(
+                marginal, data, ledger=ledger, rng=rng, source=source, target_epsilon=target
+            )
+            self.encoder_ = marginal.encoder
+        self.model_ = build_model(self.model, self.encoder_, self.model_options)
         rows = self.encoder_.transform(data, source=source)
         noise = None
         public_rows = stats.row_count if private else len(rows)
+        if marginal is not None:
+            warm_start(
+                self.model_,
+                marginal,
+                num_rows=public_rows,
+                config=self.training,
+                seed=int(rng.integers(2**31)),
+            )
         if private:
             sample_rate, steps = plan_steps(public_rows, self.training)
             noise = calibrate_noise_multiplier(

@@ -19,6 +19,7 @@ from synth_models.vae import ELBOLoss, VAEModel, vae_step
 
 logger = logging.getLogger(__name__)
 TRAINING_LABEL = "dp-sgd"
+MIN_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,13 @@ class TrainingConfig:
     """Local training settings (per round in a federation)."""
 
     epochs: int = 10
-    batch_size: int = 500
+    batch_size: int = 500  # the largest expected batch
+    # A smaller table's batch shrinks (to MIN_BATCH_SIZE) so that an epoch takes at least this
+    # many steps. FedAvg's averaged model moves about as far as one merchant's, so merchants
+    # holding a fifth of the rows each, with the pooled table's batch, would take a fifth of the
+    # pooled fit's sequential steps. Pizzaplace, 5 merchants: quality 0.59 -> 0.77 (VAE) and
+    # 0.64 -> 0.76 (GAN) at epsilon 1; the pooled 39,659 rows keep batch ~500.
+    min_steps_per_epoch: int = 80
     max_grad_norm: float = 1.0
     generator_lr: float = 2e-4
     discriminator_lr: float = 2e-4
@@ -38,15 +45,26 @@ class TrainingConfig:
     dp_discriminator_lr: float = 3e-3
     vae_lr: float = 3e-3
     weight_decay: float = 1e-6
+    # Share of epsilon for a DP marginal model whose synthetic rows train the network before
+    # DP-SGD (``warm_start.py``; 0: none), and the epochs on those rows.
+    warm_start_share: float = 0.3
+    warm_start_epochs: int = 10
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def batch_size_for(num_rows: float, config: TrainingConfig) -> int:
+    """Expected batch for ``num_rows`` rows: ``config.batch_size``, smaller where an epoch
+    would otherwise take fewer than ``config.min_steps_per_epoch`` steps."""
+    by_steps = round(num_rows / max(config.min_steps_per_epoch, 1))
+    return max(1, min(config.batch_size, max(MIN_BATCH_SIZE, by_steps)))
+
+
 def plan_steps(num_rows: float, config: TrainingConfig) -> tuple[float, int]:
     """Poisson sample rate and number of DP-SGD steps for ``config.epochs`` epochs of
     ``num_rows`` rows (under DP: the DP row count, so that neither reveals the exact one)."""
-    sample_rate = planned_sample_rate(num_rows, config.batch_size)
+    sample_rate = planned_sample_rate(num_rows, batch_size_for(num_rows, config))
     # Opacus' Poisson sampler runs int(1 / q) batches an epoch (float rounding included).
     return sample_rate, config.epochs * int(1 / sample_rate)
 
@@ -87,7 +105,7 @@ def train_local(
     if noise_multiplier is not None:
         ledger.check([planned_record(planning_rows, config, noise_multiplier)])
     data = torch.as_tensor(rows, dtype=torch.float32)
-    loader = row_loader(data, batch_size=config.batch_size, generator=generator)
+    loader = row_loader(data, batch_size=batch_size_for(planning_rows, config), generator=generator)
     noise_generator = torch.Generator().manual_seed(
         int(torch.randint(2**62, (1,), generator=generator))
     )

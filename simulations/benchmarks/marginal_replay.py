@@ -82,7 +82,7 @@ def replay(
     }
 
 
-def _seeds(spec: str) -> list[int]:
+def parse_seeds(spec: str) -> list[int]:
     if "-" in spec:
         first, last = spec.split("-")
         return list(range(int(first), int(last) + 1))
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     if math.isinf(args.epsilon):
         parser.error("replays are private: give a finite --epsilon (a large one is near-exact)")
     results = []
-    for seed in _seeds(args.seeds):
+    for seed in parse_seeds(args.seeds):
         result = replay(
             seed=seed,
             merchants=args.merchants,

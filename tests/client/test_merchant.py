@@ -16,7 +16,7 @@ from simulations.datasets import load_dataset
 from synth_models.encoder import TableEncoder
 from synth_models.federation import REPLY_METRICS
 from synth_models.synthesizer import STATISTICS_LABEL, build_model
-from synth_models.training import TRAINING_LABEL, TrainingConfig, plan_steps
+from synth_models.training import TRAINING_LABEL, TrainingConfig, batch_size_for, plan_steps
 
 EPSILON, DELTA, SHARE = 3.0, 1e-5, 0.1
 ROWS = 300
@@ -149,7 +149,8 @@ def test_num_examples_is_the_dp_row_count(rounds):
         assert metrics["num-examples"] == state.dp_rows
         assert metrics["num-examples"] != ROWS
         # The sample rate is derived from the DP count too: it must not reveal the exact one.
-        assert metrics["sample-rate"] == pytest.approx(TRAINING.batch_size / state.dp_rows)
+        batch = batch_size_for(state.dp_rows, TRAINING)
+        assert metrics["sample-rate"] == pytest.approx(batch / state.dp_rows)
         assert set(metrics) <= set(REPLY_METRICS)
         assert all(isinstance(v, float) for v in metrics.values())
 

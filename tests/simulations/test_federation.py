@@ -10,6 +10,8 @@ Two module-scoped setups keep the number of simulations at four:
   problem while the others finish.
 * ``resumed``: a 3-round run stopped after round 2, resumed for round 3, then resumed with a
   4th round that every merchant refuses (budget spent).
+* ``warm_started``: one round after the warm start's two marginal rounds (the default; the
+  setups above turn it off to pin the plain DP-SGD flow).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from synth_models.federation import (
     STATISTICS_MESSAGE,
     STATUS,
 )
+from synth_models.marginals import MEASUREMENT_LABEL, SELECTION_LABEL
 from synth_models.synthesizer import STATISTICS_LABEL, TabularSynthesizer
 from synth_models.training import TRAINING_LABEL
 
@@ -76,6 +79,7 @@ def run_config(run_dir: Path, merchants: int, **overrides) -> dict:
         "round-timeout": 600.0,
         "seed": 0,
         "audit": False,
+        "warm-start-share": 0.0,
         **overrides,
     }
 
@@ -169,16 +173,20 @@ def read_state(state_dir: Path, merchant: str) -> MerchantState:
 # Independent accountant: the RDP of the recorded mechanisms straight from Opacus' functions.
 # ----------------------------------------------------------------------------------------------
 def opacus_epsilon(statistics, sgd_sigma: float, sgd_rate: float, sgd_steps: int) -> float:
-    """Epsilon of one Gaussian statistics release plus ``sgd_steps`` DP-SGD steps."""
+    """Epsilon of one Gaussian statistics release (or several releases, a list) plus
+    ``sgd_steps`` DP-SGD steps."""
     orders = list(RDP_ORDERS)
-    rdp = np.asarray(
-        compute_rdp(q=1.0, noise_multiplier=statistics.noise_multiplier, steps=1, orders=orders)
+    releases = statistics if isinstance(statistics, list) else [statistics]
+    rdp = sum(
+        np.asarray(compute_rdp(q=1.0, noise_multiplier=r.noise_multiplier, steps=1, orders=orders))
+        for r in releases
     )
+    extra_delta = sum(r.extra_delta for r in releases)
     if sgd_steps:
         rdp = rdp + np.asarray(
             compute_rdp(q=sgd_rate, noise_multiplier=sgd_sigma, steps=sgd_steps, orders=orders)
         )
-    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA - statistics.extra_delta)
+    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA - extra_delta)
     return float(eps)
 
 
@@ -552,3 +560,58 @@ def test_the_server_writes_the_federated_report(federation):
     assert reasons and all("price" in r for r in reasons)
     html = (federation["run_dir"] / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "merchant-3" in html
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup 3: the GAN's warm start (the default) before one training round.
+# ----------------------------------------------------------------------------------------------
+WARM_ROWS, WARM_SHARE = (400, 450), 0.3
+WARM = GOOD[: len(WARM_ROWS)]
+
+
+@pytest.fixture(scope="module")
+def warm_started(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    data_dir, state_dir, run_dir = root / "merchants", root / "state", root / "run"
+    write_merchants(data_dir, WARM_ROWS, seed=3)
+    n = len(WARM_ROWS)
+    config = run_config(
+        run_dir, n, **{"num-rounds": 1, "warm-start-share": WARM_SHARE, "warm-start-epochs": 1}
+    )
+    simulate(config, data_dir=data_dir, state_dir=state_dir, merchants=n)
+    return {
+        "rounds": read_rounds(run_dir),
+        "synth": TabularSynthesizer.load(run_dir / ARTIFACT),
+        "states": {m: read_state(state_dir, m) for m in WARM},
+    }
+
+
+def test_warm_start_runs_the_marginal_rounds_before_training(warm_started):
+    rounds = warm_started["rounds"]
+    assert [(r["round"], r.get("phase")) for r in rounds] == [
+        (0, None),
+        (0, "warm start selection"),
+        (0, "warm start measurement"),
+        (1, None),
+    ]
+    assert all(r["merchants"][m]["state"] == OK for r in rounds for m in WARM)
+    assert rounds[-1]["aggregated"] is True
+    assert len(warm_started["synth"].sample(50, seed=0)) == 50
+
+
+@pytest.mark.parametrize("merchant", WARM)
+def test_warm_start_ledger_matches_an_independent_recomputation(warm_started, merchant):
+    ledger = warm_started["synth"].ledgers_[merchant]
+    assert ledger.state_dict() == warm_started["states"][merchant].ledger.state_dict()
+    labels = [r.label for r in ledger.records]
+    assert labels == [STATISTICS_LABEL, SELECTION_LABEL, MEASUREMENT_LABEL, TRAINING_LABEL]
+    releases, (sgd,) = ledger.records[:3], ledger.records[3:]
+    # The statistics and the warm start's marginals end at their shares of the budget ...
+    before_training = opacus_epsilon(releases, 0.0, 0.0, 0)
+    target = (SHARE + WARM_SHARE) * BUDGET
+    assert 0.99 * target <= before_training <= target * (1 + 1e-9)
+    # ... and DP-SGD spends the rest: the total is Opacus' RDP of all four mechanisms.
+    total = opacus_epsilon(releases, sgd.noise_multiplier, sgd.sample_rate, sgd.steps)
+    assert ledger.epsilon() == pytest.approx(total, rel=1e-9)
+    assert before_training < total <= BUDGET * (1 + 1e-9)
+    assert total >= 0.97 * BUDGET

@@ -21,7 +21,7 @@ from synth_models.dp import make_training_parts, row_loader
 from synth_models.encoder import TableEncoder, statistics_inputs
 from synth_models.gan import GANModel, discriminator_step
 from synth_models.schema import TableSchema
-from synth_models.training import TrainingConfig, plan_steps, train_local
+from synth_models.training import TrainingConfig, batch_size_for, plan_steps, train_local
 from synth_models.vae import ELBOLoss, VAEModel, vae_step
 
 NUM_ROWS, BATCH = 256, 64  # Poisson rate 1/4: expected batch size 64
@@ -266,9 +266,19 @@ def test_opacus_clips_each_sample(encoder: TableEncoder, monkeypatch: pytest.Mon
 # -- accounting ---------------------------------------------------------------------------------
 
 
+def test_a_smaller_table_takes_smaller_batches_not_fewer_steps() -> None:
+    config = TrainingConfig(epochs=2)  # batch 500, at least 80 steps an epoch
+    assert batch_size_for(39_659, config) == 496  # the pooled pizzaplace rows: about 500
+    assert batch_size_for(8_000, config) == 100  # one of five merchants
+    assert plan_steps(8_000, config) == (0.0125, 160)  # as many steps as the pooled fit's
+    assert batch_size_for(1_000, config) == 32  # never below MIN_BATCH_SIZE
+    assert batch_size_for(10**6, config) == 500  # never above batch_size
+    assert batch_size_for(8_000, TrainingConfig(min_steps_per_epoch=1)) == 500
+
+
 @pytest.mark.parametrize("kind", ["vae", "gan"])
 def test_every_dp_step_is_recorded(encoder: TableEncoder, kind: str) -> None:
-    config = TrainingConfig(epochs=3, batch_size=BATCH)
+    config = TrainingConfig(epochs=3, batch_size=BATCH, min_steps_per_epoch=1)
     sample_rate, steps = plan_steps(NUM_ROWS, config)
     assert (sample_rate, steps) == (0.25, 12)
     book = ledger(budget=2.0)
@@ -305,7 +315,7 @@ def test_public_row_count_sets_rate_and_averaging(
         return step(parts, real)
 
     monkeypatch.setattr(training, "vae_step", recording)
-    config = TrainingConfig(epochs=1, batch_size=BATCH)
+    config = TrainingConfig(epochs=1, batch_size=BATCH, min_steps_per_epoch=1)
     book = ledger()
     train_local(
         vae(encoder),
@@ -323,7 +333,7 @@ def test_public_row_count_sets_rate_and_averaging(
 
 
 def test_steps_add_up_over_rounds(encoder: TableEncoder) -> None:
-    config = TrainingConfig(epochs=1, batch_size=BATCH)
+    config = TrainingConfig(epochs=1, batch_size=BATCH, min_steps_per_epoch=1)
     book = ledger()
     model = vae(encoder)
     for _ in range(2):
@@ -340,7 +350,7 @@ def test_too_small_budget_refuses_before_any_step(encoder: TableEncoder, kind: s
         train_local(
             model,
             encoder.rows.numpy(),
-            config=TrainingConfig(epochs=2, batch_size=BATCH),
+            config=TrainingConfig(epochs=2, batch_size=BATCH, min_steps_per_epoch=1),
             noise_multiplier=0.8,
             ledger=book,
             seed=0,

@@ -11,7 +11,7 @@ from sdmetrics.reports import QualityReport
 from simulations.datasets import Dataset, load_dataset
 from synth_models.schema import DataError
 from synth_models.synthesizer import TabularSynthesizer
-from synth_models.training import TrainingConfig, plan_steps
+from synth_models.training import TrainingConfig, batch_size_for
 
 EPSILON, DELTA = 1.0, 1e-5
 ROWS, EPOCHS = 20_000, 4  # a subsample of the 49,574 rows keeps each fit around 15-25 s
@@ -112,14 +112,19 @@ def test_privacy_spent_is_the_ledgers(fitted: TabularSynthesizer, real: pd.DataF
     assert 0.9 * EPSILON < fitted.epsilon_spent <= EPSILON * (1 + 1e-9)
     assert ledger.delta == DELTA and ledger.epsilon_budget == EPSILON
     labels = [r.label for r in ledger.records]
-    assert labels == ["encoder-statistics", "dp-sgd"]
-    training = ledger.records[1]
+    # The statistics, the warm start's two marginal releases, then DP-SGD.
+    assert labels == [
+        "encoder-statistics", "marginals-selection", "marginals-measurement", "dp-sgd",
+    ]  # fmt: skip
+    training = ledger.records[3]
     # the Poisson rate comes from the DP row count: close to, but not, batch / exact rows
+    # (20,000 rows: batch 250, so that an epoch takes 80 steps)
     rows = len(fitted.encoder_.transform(real))
-    assert training.sample_rate == pytest.approx(500 / rows, rel=0.01)
-    assert training.sample_rate != 500 / rows
-    public_rows = 500 / training.sample_rate
-    assert (training.sample_rate, training.steps) == plan_steps(public_rows, fitted.training)
+    batch = batch_size_for(rows, fitted.training)
+    assert batch == 250
+    assert training.sample_rate == pytest.approx(batch / rows, rel=0.01)
+    assert training.sample_rate != batch / rows
+    assert training.steps == EPOCHS * int(1 / training.sample_rate)  # Opacus' batches an epoch
     assert training.noise_multiplier > 0
     assert fitted.history_[-1]["epsilon"] == ledger.epsilon()
     assert len(fitted.history_) == EPOCHS
