@@ -106,8 +106,6 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             run_dir / "rounds.jsonl",
             {"round": 0, "merchants": outcome, "dp_rows": merged.row_count},
         )
-        torch.manual_seed(config.seed)
-        weights = build_model(config.model, encoder, config.model_options).state_dict()
         if uses_warm_start(config.model, config.training(), schema):
             encoder, weights = warm_start_federation(
                 grid, config, encoder, merged.row_count, run_dir, ledgers, owners
@@ -120,6 +118,9 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
                     "config": config.to_dict(),
                 },
             )
+        else:
+            torch.manual_seed(config.seed)
+            weights = build_model(config.model, encoder, config.model_options).state_dict()
 
     if config.model == "marginal":
         round_log = (
@@ -277,7 +278,7 @@ def marginal_federation(
 def warm_start_federation(
     grid: Grid,
     config: FederationConfig,
-    encoder,
+    encoder: TableEncoder,
     dp_rows: float,
     run_dir: Path,
     ledgers: dict[str, dict],

@@ -102,6 +102,8 @@ def replay(
             "quality": round(quality["quality"], 4),
             "quality_all_pairs": round(quality["quality_all_pairs"], 4),
             "tstr_over_trtr": round(useful["ratio"], 3),
+            # The default score bins each table's numeric columns over its own min-max.
+            "price_range": [float(synthetic["price"].min()), float(synthetic["price"].max())],
         }
 
     merged = merge_statistics(stats)

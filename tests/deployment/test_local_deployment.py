@@ -20,6 +20,9 @@ TINY = {
     "batch-size": 100,
     "local-epochs": 1,
     "audit": False,
+    # The warm start's marginal rounds go through the same apps and are tested in simulation
+    # (tests/simulations/test_federation.py); here the rounds are the training rounds only.
+    "warm-start-share": 0.0,
 }
 
 

@@ -19,9 +19,12 @@ def test_weighted_average_weights_by_row_count_and_keeps_dtypes() -> None:
 def test_replay_trains_every_merchant_within_its_budget() -> None:
     result = replay(
         model="vae", epsilon=1.0, seed=0, merchants=2, rounds=1,
-        training=TrainingConfig(epochs=1),
+        training=TrainingConfig(epochs=1, warm_start_epochs=1),
     )  # fmt: skip
     assert 0.99 < result["epsilon_spent"] <= 1.0  # the one round spends each whole budget
+    assert set(result["warm_start"]) == {
+        "quality", "quality_all_pairs", "tstr_over_trtr", "price_range",
+    }  # fmt: skip
     # One epoch each already gets the columns' shapes roughly right (an untrained decoder
     # scores about 0.3 on column shapes).
     assert result["quality"] > 0.5
