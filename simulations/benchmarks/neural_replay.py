@@ -21,6 +21,7 @@ import json
 import math
 import time
 
+import numpy as np
 import torch
 
 from client.merchant import holdout_split, marginals_round, statistics_round, train_round
@@ -56,6 +57,12 @@ def weighted_average(
     }
 
 
+def _seed(*parts: int) -> int:
+    """A seed of its own for every merchant and release (statistics 0, the marginals' two
+    releases 1 and 2, training rounds 3)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
 def replay(
     *,
     model: str,
@@ -82,7 +89,7 @@ def replay(
     stats = [
         statistics_round(
             part, schema=schema, state=state, epsilon=epsilon, delta=1e-5,
-            statistics_share=statistics_share, seed=seed * 1000 + i, source=state.merchant,
+            statistics_share=statistics_share, seed=_seed(seed, i, 0), source=state.merchant,
         )
         for i, (part, state) in enumerate(zip(parts, states, strict=True))
     ]  # fmt: skip
@@ -118,8 +125,9 @@ def replay(
             return merge_releases([
                 marginals_round(
                     part, encoder=marginal.encoder, model_options={}, state=state,
-                    epsilon=epsilon, delta=1e-5, phase=phase, tree=tree, seed=seed * 1000 + i,
-                    source=state.merchant, target_epsilon=target,
+                    epsilon=epsilon, delta=1e-5, phase=phase, tree=tree,
+                    seed=_seed(seed, i, 1 if phase == SELECTION else 2), source=state.merchant,
+                    target_epsilon=target,
                 )[0]
                 for i, (part, state) in enumerate(zip(parts, states, strict=True))
             ])  # fmt: skip
@@ -142,7 +150,7 @@ def replay(
             new, metrics = train_round(
                 part, encoder=encoder, weights=weights, model=model, model_options=options,
                 training=training, state=state, epsilon=epsilon, delta=1e-5,
-                server_round=number, num_rounds=rounds, seed=seed * 1000 + number * 10 + i,
+                server_round=number, num_rounds=rounds, seed=_seed(seed, i, 3, number),
                 source=state.merchant,
             )  # fmt: skip
             replies.append((new, metrics["num-examples"]))
