@@ -39,6 +39,7 @@ from synth_models.schema import TableSchema
 from synth_models.synthesizer import TabularSynthesizer, build_model
 from synth_models.warm_start import (
     marginal_for_warm_start,
+    network_encoder,
     uses_warm_start,
     warm_start,
     warm_start_target,
@@ -286,8 +287,8 @@ def warm_start_federation(
 ) -> tuple[TableEncoder, dict[str, torch.Tensor]]:
     """The GAN's or VAE's warm start: the marginal model's two rounds up to the warm start's
     share of every merchant's budget, then the network trained here on the fitted marginal
-    model's rows (post-processing). Returns the encoder the training rounds use (the marginal
-    model's, whose numeric values come from its selection round) and the network's weights."""
+    model's rows (post-processing). Returns the encoder the training rounds use
+    (``network_encoder``) and the network's weights."""
     started = time.perf_counter()
     training = config.training()
     marginal = marginal_for_warm_start(encoder)
@@ -316,11 +317,12 @@ def warm_start_federation(
         [{**e, "round": 0, "phase": f"warm start {e['phase']}"} for e in rounds.round_log],
         started,
     )
+    encoder = network_encoder(marginal)
     torch.manual_seed(config.seed)
-    network = build_model(config.model, marginal.encoder, config.model_options)
-    warm_start(network, marginal, num_rows=dp_rows, config=training, seed=config.seed)
+    network = build_model(config.model, encoder, config.model_options)
+    warm_start(network, encoder, marginal, num_rows=dp_rows, config=training, seed=config.seed)
     logger.info("warm start done in %.1f s", time.perf_counter() - started)
-    return marginal.encoder, network.state_dict()
+    return encoder, network.state_dict()
 
 
 def _log_marginal_rounds(run_dir: Path, round_log: list[dict], started: float) -> None:

@@ -35,6 +35,7 @@ from synth_models.training import TrainingConfig, plan_steps, train_local
 from synth_models.vae import VAEModel
 from synth_models.warm_start import (
     marginal_for_warm_start,
+    network_encoder,
     uses_warm_start,
     warm_start,
     warm_start_target,
@@ -194,7 +195,7 @@ class TabularSynthesizer:
             fit_marginal_model(
                 marginal, data, ledger=ledger, rng=rng, source=source, target_epsilon=target
             )
-            self.encoder_ = marginal.encoder
+            self.encoder_ = network_encoder(marginal)
         self.model_ = build_model(self.model, self.encoder_, self.model_options)
         rows = self.encoder_.transform(data, source=source)
         noise = None
@@ -202,6 +203,7 @@ class TabularSynthesizer:
         if marginal is not None:
             warm_start(
                 self.model_,
+                self.encoder_,
                 marginal,
                 num_rows=public_rows,
                 config=self.training,

@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import nn
 
-from synth_models.encoder import TableEncoder
+from synth_models.encoder import TableEncoder, with_value_modes
 from synth_models.marginal_model import MarginalModel
 from synth_models.schema import TableSchema
 from synth_models.training import TrainingConfig, train_local
@@ -37,27 +37,34 @@ def uses_warm_start(model: str, config: TrainingConfig, schema: TableSchema) -> 
 
 
 def marginal_for_warm_start(encoder: TableEncoder) -> MarginalModel:
-    """A default marginal model on a copy of ``encoder``. Its fit re-chooses the numeric
-    columns' values from the selection release (a larger budget than the statistics'), and its
-    encoder, ``model.encoder`` then, is the one the network is built on."""
+    """A default marginal model on a copy of ``encoder`` (its fit re-chooses the numeric
+    columns' values in its own encoder, from the selection release)."""
     return MarginalModel(TableEncoder.from_dict(encoder.to_dict()))
+
+
+def network_encoder(marginal: MarginalModel) -> TableEncoder:
+    """The encoder a warm-started network is built on: the fitted marginal model's (its
+    numeric values come from the selection release, a larger budget than the statistics'),
+    with one mode per value for lattice columns, so rare values keep their share."""
+    return with_value_modes(marginal.encoder)
 
 
 def warm_start(
     network: nn.Module,
+    encoder: TableEncoder,
     marginal: MarginalModel,
     *,
     num_rows: float,
     config: TrainingConfig,
     seed: int,
 ) -> list[dict]:
-    """Train ``network`` (built on ``marginal.encoder``; plain SGD, no privacy cost) for
+    """Train ``network`` (built on ``encoder``; plain SGD, no privacy cost) for
     ``config.warm_start_epochs`` epochs on ``num_rows`` rows sampled from the fitted
     ``marginal`` model. Returns the history."""
     generator = torch.Generator().manual_seed(seed)
-    encoder = marginal.encoder
-    # Decoded and encoded again: the network sees rows exactly as the encoder encodes a table.
-    table = encoder.inverse_transform(marginal.generate(max(int(num_rows), 1), generator).numpy())
+    table = marginal.encoder.inverse_transform(
+        marginal.generate(max(int(num_rows), 1), generator).numpy()
+    )
     rows = encoder.transform(table, source="warm start sample")
     history = train_local(
         network,

@@ -39,6 +39,7 @@ from synth_models.synthesizer import TabularSynthesizer, build_model
 from synth_models.training import TrainingConfig
 from synth_models.warm_start import (
     marginal_for_warm_start,
+    network_encoder,
     uses_warm_start,
     warm_start,
     warm_start_target,
@@ -136,12 +137,14 @@ def replay(
         structure = choose_structure(marginal, selection)
         measurement = release(MEASUREMENT, structure.measured_pairs)
         fit_structure(marginal, structure, selection, measurement)
-        encoder = marginal.encoder
+        encoder = network_encoder(marginal)
     torch.manual_seed(seed)
     network = build_model(model, encoder, options)
     scores = {}
     if marginal is not None:
-        warm_start(network, marginal, num_rows=merged.row_count, config=training, seed=seed)
+        warm_start(
+            network, encoder, marginal, num_rows=merged.row_count, config=training, seed=seed
+        )
         scores["warm_start"] = score(network.state_dict())
     weights = network.state_dict()
     for number in range(1, rounds + 1):

@@ -18,6 +18,7 @@ from synth_models.encoder import (
     TableEncoder,
     grid_for,
     statistics_inputs,
+    with_value_modes,
 )
 from synth_models.schema import NUMERIC, ColumnSpec, TableSchema, datetime_seconds
 
@@ -275,6 +276,29 @@ def test_atom_grid_decodes_to_exact_values() -> None:
         # bins' edges (offsets of exactly -1 and 1), where rounding could tip either way
         assert set(decoded) <= set(price.atoms) <= set(np.arange(975, 3596) / 100)
         assert set(decoded) <= set(MENU)
+
+
+def test_value_modes_give_each_lattice_value_its_own_mode() -> None:
+    schema = TableSchema.from_metadata(PRICE_META)
+    frame = menu_frame()
+    exact = exact_encoder(frame, schema)
+    valued = with_value_modes(exact)
+    price = valued.transforms["price"]
+    assert price.value_modes and price.n_modes == len(price.atoms) == len(MENU)
+    assert valued.width == exact.width - exact.transforms["price"].n_modes + len(MENU)
+    rows = valued.transform(frame)
+    np.testing.assert_array_equal(
+        valued.inverse_transform(rows)["price"].to_numpy(), frame["price"].to_numpy()
+    )
+    # The mode alone names the value: the dearest price is one softmax entry, whatever the
+    # offset, where equal-mass modes leave it a sliver of the last mode's offset.
+    blocks = random_blocks(price, 1000, seed=0)
+    blocks[:, : price.n_modes] = 0.0
+    blocks[:, price.n_modes - 1] = 1.0
+    assert (price.decode(blocks).to_numpy() == max(MENU)).all()
+    assert TableEncoder.from_dict(valued.to_dict()).to_dict() == valued.to_dict()
+    # Past `max_modes` values a column keeps its equal-mass modes.
+    assert with_value_modes(exact, max_modes=len(MENU) - 1).to_dict() == exact.to_dict()
 
 
 def test_declared_bounds_stay_in_the_domain_with_a_small_mass() -> None:

@@ -72,6 +72,7 @@ def test_warm_start_alone_teaches_the_network_a_pair_dependency(table, encoder) 
     before = kind_matches_item(network, marginal.encoder)
     warm_start(
         network,
+        marginal.encoder,
         marginal,
         num_rows=5 * ROWS,  # the marginal model samples as many rows as asked
         config=TrainingConfig(warm_start_epochs=20),
