@@ -65,6 +65,25 @@ def _synthesizer(
     )
 
 
+def _save_checkpoint(
+    synth: TabularSynthesizer,
+    artifact: Path,
+    config: FederationConfig,
+    rounds_completed: int,
+    *,
+    num_rounds: int | None = None,
+) -> None:
+    """Write the global synthesizer with where the federation stands (resume reads it)."""
+    synth.save(
+        artifact,
+        federation={
+            "rounds_completed": rounds_completed,
+            "num_rounds": config.num_rounds if num_rounds is None else num_rounds,
+            "config": config.to_dict(),
+        },
+    )
+
+
 def _append_jsonl(path: Path, entry: dict) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(entry, default=str) + "\n")
@@ -111,13 +130,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             encoder, weights = warm_start_federation(
                 grid, config, encoder, merged.row_count, run_dir, ledgers, owners
             )
-            _synthesizer(config, metadata, encoder, weights, ledgers).save(
-                artifact,
-                federation={
-                    "rounds_completed": 0,
-                    "num_rounds": config.num_rounds,
-                    "config": config.to_dict(),
-                },
+            _save_checkpoint(
+                _synthesizer(config, metadata, encoder, weights, ledgers), artifact, config, 0
             )
         else:
             torch.manual_seed(config.seed)
@@ -167,14 +181,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         synth = _synthesizer(
             config, metadata, encoder, arrays.to_torch_state_dict(), strategy.ledgers
         )
-        synth.save(
-            artifact,
-            federation={
-                "rounds_completed": number,
-                "num_rounds": config.num_rounds,
-                "config": config.to_dict(),
-            },
-        )
+        _save_checkpoint(synth, artifact, config, number)
         entry = strategy.round_log[-1] if strategy.round_log else {"round": number}
         entry = {
             **entry,
@@ -202,13 +209,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             evaluate_fn=checkpoint,
         )
     elif not artifact.exists():
-        _synthesizer(config, metadata, encoder, weights, ledgers).save(
-            artifact,
-            federation={
-                "rounds_completed": done,
-                "num_rounds": config.num_rounds,
-                "config": config.to_dict(),
-            },
+        _save_checkpoint(
+            _synthesizer(config, metadata, encoder, weights, ledgers), artifact, config, done
         )
     return finish(grid, config, artifact, run_dir, owners, strategy.round_log)
 
@@ -261,14 +263,7 @@ def marginal_federation(
         owners=owners,
     )
     synth = _synthesizer(config, metadata, encoder, rounds.weights, ledgers)
-    synth.save(
-        artifact,
-        federation={
-            "rounds_completed": len(ROUNDS),
-            "num_rounds": len(ROUNDS),
-            "config": config.to_dict(),
-        },
-    )
+    _save_checkpoint(synth, artifact, config, len(ROUNDS), num_rounds=len(ROUNDS))
     _log_marginal_rounds(run_dir, rounds.round_log, started)
     logger.info(
         "marginal model fitted (epsilon %.4f); checkpoint %s", synth.epsilon_spent, artifact
