@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synth_models.training import TrainingConfig
+from synth_models.warm_start import check_warm_start_share
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Run-config keys the merchants read (client/app.py), not the server.
@@ -49,11 +50,11 @@ class FederationConfig:
     audit_rows: int = 20_000  # synthetic rows each merchant audits against
 
     def __post_init__(self) -> None:
-        if not 0 <= self.warm_start_share < 1 - self.statistics_share:
-            raise ValueError(
-                f"warm-start-share must be in [0, 1 - statistics-share = "
-                f"{1 - self.statistics_share:g}): DP-SGD needs a share of the budget too"
-            )
+        check_warm_start_share(
+            self.warm_start_share,
+            self.statistics_share,
+            names=("warm-start-share", "statistics-share"),
+        )
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> FederationConfig:

@@ -34,6 +34,7 @@ from synth_models.schema import TableSchema, validate_table
 from synth_models.training import TrainingConfig, plan_steps, train_local
 from synth_models.vae import VAEModel
 from synth_models.warm_start import (
+    check_warm_start_share,
     marginal_for_warm_start,
     network_encoder,
     uses_warm_start,
@@ -130,11 +131,11 @@ class TabularSynthesizer:
         if not 0 < statistics_share < 1:
             raise ValueError("statistics_share must be in (0, 1)")
         training = training or TrainingConfig()
-        if not 0 <= training.warm_start_share < 1 - statistics_share:
-            raise ValueError(
-                f"warm_start_share must be in [0, 1 - statistics_share = {1 - statistics_share}):"
-                " DP-SGD needs a share of the budget too"
-            )
+        check_warm_start_share(
+            training.warm_start_share,
+            statistics_share,
+            names=("warm_start_share", "statistics_share"),
+        )
         self.metadata = metadata if isinstance(metadata, dict) else metadata.to_dict()
         self.model = model
         self.epsilon = epsilon

@@ -31,6 +31,18 @@ def warm_start_target(epsilon: float, *, statistics_share: float, config: Traini
     return epsilon * (statistics_share + config.warm_start_share)
 
 
+def check_warm_start_share(
+    warm_start_share: float, statistics_share: float, *, names: tuple[str, str]
+) -> None:
+    """Refuse a share that leaves DP-SGD nothing; ``names`` are the two settings' names as
+    the caller spells them (Python or run-config keys)."""
+    if not 0 <= warm_start_share < 1 - statistics_share:
+        raise ValueError(
+            f"{names[0]} must be in [0, 1 - {names[1]} = {1 - statistics_share:g}): DP-SGD "
+            "needs a share of the budget too"
+        )
+
+
 def uses_warm_start(model: str, config: TrainingConfig, schema: TableSchema) -> bool:
     """Whether a ``model`` fit warm-starts: a network, a share for it, and a column pair."""
     return model != "marginal" and config.warm_start_share > 0 and len(schema.columns) > 1
