@@ -2,32 +2,38 @@
 
 Where the merchant's table is: ``node_config["data-path"]`` (deployment: each SuperNode names
 its own file), else ``merchant-<partition-id>.*`` in ``data-dir`` (simulation). Where its privacy
-state is kept across runs: ``node_config["state-path"]``, else ``<state-dir>/<merchant>.json``;
-without either, the ledger lives in the node state of one run only.
+state is kept across runs: ``node_config["state-path"]`` (required in deployment), else, for a
+simulated node, ``<state-dir>/<merchant>.json``; without either, the ledger lives in the node
+state of one run only. Its privacy policy (``client/policy.py``) comes from its node config,
+and its local audit report goes to ``audit-dir`` (default: beside the ledger file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
+import time
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.guard import reply_guard
+from client.guard import make_reply_guard
 from client.merchant import (
     audit_round,
     find_table,
-    holdout_split,
     load_merchant_table,
     marginals_round,
+    row_wise_holdout,
     statistics_round,
     train_round,
 )
-from client.state import load_state, save_state
-from privacy.ledger import BudgetExceededError
+from client.policy import MerchantPolicy, PolicyRefusal
+from client.state import LedgerLockedError, MerchantState, ledger_lock, load_state, save_state
+from privacy.ledger import BudgetExceededError, PrivacyLedger
 from synth_models.encoder import TableEncoder
 from synth_models.federation import (
     ARRAYS,
@@ -45,6 +51,7 @@ from synth_models.federation import (
     dumps,
     loads,
 )
+from synth_models.io import load_metadata
 from synth_models.schema import DataError, TableSchema
 from synth_models.training import TrainingConfig
 
@@ -81,12 +88,20 @@ def make_client_app(
     state_dir: str | None = None,
     torch_threads: int | None = None,
     holdout_fraction: float = 0.0,
+    policy: MerchantPolicy | None = None,
+    lock_timeout: float = 60.0,
     mods: list | None = None,
 ) -> ClientApp:
     """A ClientApp; ``data_dir``/``state_dir`` are defaults for simulations, where the run
     config is empty (``run_simulation``); ``torch_threads`` caps each merchant's threads when
-    several share one machine."""
-    app = ClientApp(mods=[*(mods or []), reply_guard])
+    several share one machine. ``policy`` is the merchants' privacy policy under their own node
+    config (a simulation plays the merchants and sets it here; default ``MerchantPolicy()``).
+    ``lock_timeout``: how long a message waits for a ledger file another run holds."""
+
+    def policy_for(context: Context) -> MerchantPolicy:
+        return MerchantPolicy.from_node_config(context.node_config, base=policy)
+
+    app = ClientApp(mods=[*(mods or []), make_reply_guard(policy_for, merchant_name)])
 
     def table_path(context: Context) -> Path:
         if "data-path" in context.node_config:
@@ -102,46 +117,61 @@ def make_client_app(
     def state_path(context: Context, merchant: str) -> Path | None:
         if "state-path" in context.node_config:
             return Path(str(context.node_config["state-path"]))
+        if "partition-id" not in context.node_config:
+            return None  # a deployed merchant names its own file; the server never does
         directory = _setting(context, "state-dir", state_dir)
         return Path(directory) / f"{merchant}.json" if directory else None
 
     def handle(msg: Message, context: Context, work) -> Message:
-        """Run ``work``; turn known failures into a status reply the server can report."""
+        """Check the request against the merchant's policy, run ``work`` under its locked
+        ledger, and reply; a refusal or failure replies with a reason code only (the full
+        message goes to this merchant's log)."""
         threads = torch_threads or _setting(context, "torch-threads")
         if threads:  # several merchants on one machine: cap each one's threads
             torch.set_num_threads(int(threads))
         merchant = merchant_name(context)
-        path = state_path(context, merchant)
-        state = None
+        public_columns: frozenset[str] = frozenset()
+        path = None
         try:
+            path = state_path(context, merchant)
+            own_policy = policy_for(context)
             record = msg.content.config_records[CONFIG]
             config = {**_document(record), "server_round": record.get("server-round", 0)}
-            schema = TableSchema.from_dict(config["schema"])
-            source = table_path(context)
-            table = load_merchant_table(source, schema)
-            fraction = float(_setting(context, "holdout-fraction", holdout_fraction) or 0.0)
-            # The holdout is never trained on: the audit's non-members.
-            table, holdout = holdout_split(table, fraction, seed=_seed(merchant, "holdout"))
-            state = load_state(merchant, node_state=context.state, path=path)
-            content = work(msg, config, schema, table, str(source), state, holdout)
-            if state.ledger is not None:
-                content[LEDGER] = ConfigRecord({DOCUMENT_KEY: dumps(state.ledger.state_dict())})
-            content[STATUS] = ConfigRecord(
-                {DOCUMENT_KEY: dumps({"state": OK, "merchant": merchant})}
-            )
-            return Message(content, reply_to=msg)
+            own_policy.check(msg.metadata.message_type, config, has_ledger_path=path is not None)
+            with ledger_lock(path, timeout=lock_timeout):
+                state = load_state(merchant, node_state=context.state, path=path)
+                try:
+                    schema = pinned_schema(config, own_policy, state)
+                    public_columns = frozenset(spec.name for spec in schema.columns)
+                    adopt_policy(state, own_policy, private=_private(config))
+                    source = table_path(context)
+                    table = load_merchant_table(source, schema)
+                    fraction = float(_setting(context, "holdout-fraction", holdout_fraction) or 0)
+                    # The holdout is never trained on: the audit's non-members.
+                    table, holdout = row_wise_holdout(table, fraction, salt=merchant)
+                    content = work(msg, config, schema, table, str(source), state, holdout)
+                    if state.ledger is not None:
+                        content[LEDGER] = _ledger_record(state)
+                    content[STATUS] = _status_record(merchant, OK, "done")
+                    return Message(content, reply_to=msg)
+                finally:
+                    # Steps that ran are spent even if the round failed afterwards: persist.
+                    save_state(state, node_state=context.state, path=path)
+        except PolicyRefusal as exc:
+            return _status(msg, merchant, REFUSED, exc.code, detail=exc.detail, log=path)
+        except LedgerLockedError as exc:
+            return _status(msg, merchant, REFUSED, "ledger-locked", detail=str(exc), log=path)
         except BudgetExceededError as exc:
-            return _status(msg, merchant, REFUSED, str(exc))
+            return _status(msg, merchant, REFUSED, "budget-exhausted", detail=str(exc), log=path)
         except DataError as exc:
-            logger.error("%s: %s", merchant, exc)
-            return _status(msg, merchant, FAILED, f"bad input: {exc}")
+            # Only a column of the public schema is named to the server; the rest is local.
+            named = exc.column if exc.column in public_columns else None
+            return _status(
+                msg, merchant, FAILED, "bad-input", detail=str(exc), column=named, log=path
+            )
         except Exception as exc:  # a merchant's failure must not stop the federation
             logger.exception("%s failed", merchant)
-            return _status(msg, merchant, FAILED, f"{type(exc).__name__}: {exc}")
-        finally:
-            # Steps that ran are spent even if the round failed afterwards: always persist.
-            if state is not None:
-                save_state(state, node_state=context.state, path=path)
+            return _status(msg, merchant, FAILED, "internal-error", detail=repr(exc), log=path)
 
     @app.query("statistics")
     def statistics(msg: Message, context: Context) -> Message:
@@ -153,7 +183,6 @@ def make_client_app(
                 epsilon=float(config["epsilon"]),
                 delta=float(config["delta"]),
                 statistics_share=float(config["statistics_share"]),
-                seed=_seed(config["seed"], state.merchant, "statistics"),
                 source=source,
             )
             return RecordDict({STATISTICS: ConfigRecord({DOCUMENT_KEY: dumps(stats.to_dict())})})
@@ -172,7 +201,6 @@ def make_client_app(
                 delta=float(config["delta"]),
                 phase=config["phase"],
                 tree=config.get("tree"),
-                seed=_seed(config["seed"], state.merchant, "marginals", config["phase"]),
                 source=source,
                 target_epsilon=config.get("target_epsilon"),
             )
@@ -201,7 +229,6 @@ def make_client_app(
                 delta=float(config["delta"]),
                 server_round=server_round,
                 num_rounds=int(config["num_rounds"]),
-                seed=_seed(config["seed"], state.merchant, server_round),
                 source=source,
             )
             logger.info(
@@ -234,6 +261,7 @@ def make_client_app(
                 sensitive_columns=config.get("sensitive", []),
                 sample_rows=int(config.get("sample_rows", 20_000)),
                 seed=_seed(config["seed"], state.merchant, "audit"),
+                report_dir=audit_dir(context, state.merchant, state_dir),
             )
             return RecordDict({AUDIT: ConfigRecord({DOCUMENT_KEY: dumps(report)})})
 
@@ -242,12 +270,99 @@ def make_client_app(
     return app
 
 
-def _status(msg: Message, merchant: str, state: str, reason: str) -> Message:
-    logger.warning("%s %s: %s", merchant, state, reason)
-    document = {"state": state, "merchant": merchant, "reason": reason}
+def pinned_schema(config: dict, policy: MerchantPolicy, state: MerchantState) -> TableSchema:
+    """The public schema this merchant answers for. With ``metadata-path`` in its policy the
+    server's schema must be that file's; otherwise the first schema it answered is pinned in
+    its ledger file. The encoder a request carries must hold the same schema. A server that
+    changes the schema to probe the table (a range that a value falls outside of, a category
+    it guesses) is refused before any row is read."""
+    requested = TableSchema.from_dict(config["schema"])
+    if policy.metadata_path:
+        own = TableSchema.from_metadata(load_metadata(policy.metadata_path), requested.table_name)
+        if own.to_dict() != requested.to_dict():
+            raise PolicyRefusal("schema-mismatch", "the schema differs from this merchant's own")
+    digest = hashlib.sha256(dumps(requested.to_dict()).encode()).hexdigest()
+    if state.schema_digest is None:
+        state.schema_digest = digest
+    elif state.schema_digest != digest:
+        raise PolicyRefusal("schema-mismatch", "the schema differs from the one first answered")
+    encoder = config.get("encoder")
+    if encoder is not None and encoder.get("schema") != requested.to_dict():
+        raise PolicyRefusal("schema-mismatch", "the encoder's schema differs from the schema")
+    return requested
+
+
+def adopt_policy(state: MerchantState, policy: MerchantPolicy, *, private: bool) -> None:
+    """The ledger's budget and delta are the merchant's own, whatever the server asks."""
+    if not private:
+        return
+    if state.ledger is None:
+        state.ledger = PrivacyLedger(
+            epsilon_budget=policy.epsilon_budget, delta=policy.max_delta, owner=state.merchant
+        )
+    elif state.ledger.delta > policy.max_delta:
+        raise PolicyRefusal(
+            "delta-above-policy",
+            f"the ledger accounts at delta {state.ledger.delta}, above max-delta "
+            f"{policy.max_delta}",
+        )
+    state.ledger.epsilon_budget = policy.epsilon_budget
+
+
+def _private(config: dict) -> bool:
+    """Whether a request spends budget (an audit request names no epsilon: it spends none)."""
+    return config.get("epsilon") is not None and not math.isinf(float(config["epsilon"]))
+
+
+def _ledger_record(state: MerchantState) -> ConfigRecord:
+    return ConfigRecord({DOCUMENT_KEY: dumps(state.ledger.state_dict())})
+
+
+def _status_record(merchant: str, state: str, code: str, column: str | None = None) -> ConfigRecord:
+    document = {"state": state, "merchant": merchant, "code": code}
+    if column is not None:
+        document["column"] = column
+    return ConfigRecord({DOCUMENT_KEY: dumps(document)})
+
+
+def _status(
+    msg: Message,
+    merchant: str,
+    state: str,
+    code: str,
+    *,
+    detail: str,
+    column: str | None = None,
+    log: Path | None = None,
+) -> Message:
+    """A status reply with a code only; the full ``detail`` goes to this merchant's log and,
+    with a ledger file, to its events log beside it (``<state-path>.log``: its own premises)."""
+    logger.warning("%s %s (%s): %s", merchant, state, code, detail)
+    if log is not None:
+        with contextlib.suppress(OSError), log.with_suffix(".log").open("a") as events:
+            events.write(
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg.metadata.message_type} "
+                f"{state} ({code}): {detail}\n"
+            )
     return Message(
-        RecordDict({STATUS: ConfigRecord({DOCUMENT_KEY: dumps(document)})}), reply_to=msg
+        RecordDict({STATUS: _status_record(merchant, state, code, column)}), reply_to=msg
     )
+
+
+def audit_dir(context: Context, merchant: str, state_dir: str | None = None) -> Path:
+    """Where this merchant writes its local audit report (it is never sent): node config
+    ``audit-dir``, else beside its ledger file (``state-path`` with suffix ``.audit``), else
+    ``<state-dir>/<merchant>-audit`` in a simulation, else ``runs/merchant-audit/<merchant>``
+    under the working directory. A deployed merchant's folder comes from its own node config."""
+    node = context.node_config
+    if "audit-dir" in node:
+        return Path(str(node["audit-dir"]))
+    if "state-path" in node:
+        return Path(str(node["state-path"])).with_suffix(".audit")
+    directory = _setting(context, "state-dir", state_dir)
+    if directory and "partition-id" in node:
+        return Path(directory) / f"{merchant}-audit"
+    return Path("runs") / "merchant-audit" / merchant
 
 
 app = make_client_app()

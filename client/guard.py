@@ -1,141 +1,180 @@
 """A Flower mod that checks every reply before it leaves the merchant.
 
-Only model weights, scalar metrics from an allow-list and JSON documents in allowed records may
-leave (see ``synth_models.federation``). Anything else (a table, a list of per-row values, an
-unknown record) is blocked and replaced by a failure status naming what was blocked. A document
-of noisy marginals must be count tables of at most pairs, shaped by the shared domains (no
-dimension longer than ``MAX_MARGINAL_DOMAIN``), with a noise variance.
+A reply may hold only the records its message type releases (``RELEASES``), each a typed
+release checked against the public schema, the request and the merchant's own ledger and
+policy (``client.release_checks``): DP statistics, noisy marginals, model weights after
+DP-SGD, the ledger summary, scalar metrics from an allow-list, an audit flag and a status
+with a reason code. Anything else (a table, a list of rows, free text, a zero-noise marginal,
+a NaN, an oversize payload) is blocked and replaced by a failure status; what was blocked is
+written to the merchant's own log only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.policy import MerchantPolicy
+from client.release_checks import (
+    audit_problems,
+    ledger_problems,
+    marginal_problems,
+    statistics_problems,
+    status_problems,
+    weights_problems,
+)
 from synth_models.federation import (
     ARRAYS,
     AUDIT,
+    CONFIG,
     DOCUMENT_KEY,
+    EVALUATE_MESSAGE,
     FAILED,
+    LEDGER,
     MARGINALS,
-    MAX_AUDIT_LIST,
-    MAX_MARGINAL_CLIQUE,
-    MAX_MARGINAL_DOMAIN,
+    MARGINALS_MESSAGE,
     METRICS,
-    REPLY_DOCUMENTS,
+    OK,
     REPLY_METRICS,
+    STATISTICS,
+    STATISTICS_MESSAGE,
     STATUS,
+    TRAIN_MESSAGE,
     dumps,
 )
+from synth_models.schema import TableSchema
 
 logger = logging.getLogger(__name__)
+# What each message type may release besides its status and ledger summary.
+RELEASES = {
+    STATISTICS_MESSAGE: frozenset({STATISTICS}),
+    MARGINALS_MESSAGE: frozenset({MARGINALS, METRICS}),
+    TRAIN_MESSAGE: frozenset({ARRAYS, METRICS}),
+    EVALUATE_MESSAGE: frozenset({AUDIT}),
+}
+MAX_REPLY_BYTES = 64 * 2**20
 
 
-def reply_problems(content: RecordDict) -> list[str]:
-    """Why this reply content may not leave a merchant (empty: it may)."""
-    problems = []
+def _strict_json(text: str):
+    """JSON without NaN or infinities (json.loads accepts both by default)."""
+
+    def refuse(constant: str):
+        raise ValueError(f"non-finite number {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def reply_problems(
+    content: RecordDict,
+    *,
+    message_type: str,
+    request: dict,
+    merchant: str,
+    policy: MerchantPolicy,
+) -> list[str]:
+    """Why this reply may not leave the merchant (empty: it may)."""
+    documents, problems, size = {}, [], 0
     for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            if name != ARRAYS:
-                problems.append(f"array record {name!r} is not the model weights")
-        elif isinstance(record, MetricRecord):
-            if name != METRICS:
-                problems.append(f"metric record {name!r} is not allowed")
-            for key, value in record.items():
-                if key not in REPLY_METRICS:
-                    problems.append(f"metric {key!r} is not on the allow-list")
-                elif not isinstance(value, int | float):
-                    problems.append(f"metric {key!r} is not a scalar")
-        elif isinstance(record, ConfigRecord):
-            if name not in REPLY_DOCUMENTS:
-                problems.append(f"config record {name!r} is not allowed")
-            elif set(record.keys()) != {DOCUMENT_KEY}:
-                problems.append(f"config record {name!r} holds {sorted(record.keys())}")
-            elif not isinstance(record[DOCUMENT_KEY], str):
-                # str() of a list of numbers would parse as JSON: only a string is a document
-                problems.append(f"config record {name!r} is not a JSON document (not a string)")
-            else:
-                try:
-                    document = json.loads(str(record[DOCUMENT_KEY]))
-                except ValueError:
-                    problems.append(f"config record {name!r} is not a JSON document")
-                else:
-                    if name == AUDIT and _longest_list(document) > MAX_AUDIT_LIST:
-                        problems.append(
-                            f"audit document holds a list of more than "
-                            f"{MAX_AUDIT_LIST} values (row-level data?)"
-                        )
-                    if name == MARGINALS:
-                        problems += marginal_problems(document)
-        else:
+        if isinstance(record, ConfigRecord):
+            if set(record.keys()) != {DOCUMENT_KEY} or not isinstance(record[DOCUMENT_KEY], str):
+                problems.append(f"config record {name!r} is not one JSON document")
+                continue
+            size += len(record[DOCUMENT_KEY])
+            try:
+                documents[name] = _strict_json(record[DOCUMENT_KEY])
+            except ValueError:
+                problems.append(f"config record {name!r} is not a JSON document of finite numbers")
+        elif isinstance(record, ArrayRecord):
+            size += sum(array.numpy().nbytes for array in record.values())
+        elif not isinstance(record, MetricRecord):
             problems.append(f"record {name!r} of type {type(record).__name__} is not allowed")
+    if size > MAX_REPLY_BYTES:
+        return [f"reply of {size} bytes is larger than {MAX_REPLY_BYTES}"]
+    if problems:
+        return problems
+    status = documents.get(STATUS)
+    schema = TableSchema.from_dict(request["schema"]) if "schema" in request else None
+    columns = [spec.name for spec in schema.columns] if schema is not None else []
+    problems += status_problems(status, merchant=merchant, columns=columns)
+    if problems:
+        return problems
+    releases = RELEASES.get(message_type, frozenset()) if status["state"] == OK else frozenset()
+    allowed = {STATUS, LEDGER} | releases
+    unknown = set(content.keys()) - allowed
+    if unknown:
+        return [f"record(s) {sorted(unknown)} are not releases of a {status['state']} reply"]
+    ledger = documents.get(LEDGER)
+    if ledger is not None:
+        problems += ledger_problems(ledger, merchant=merchant, policy=policy)
+    epsilon = request.get("epsilon")
+    private = epsilon is not None and not math.isinf(float(epsilon))
+    exact = epsilon is not None and not private
+    if status["state"] == OK and exact and not policy.allow_non_private:
+        problems.append("a non-private release that the policy does not allow")
+    if STATISTICS in documents:
+        problems += statistics_problems(
+            documents[STATISTICS], schema=schema, ledger=ledger, private=private
+        )
+    if MARGINALS in documents:
+        problems += marginal_problems(
+            documents[MARGINALS], request=request, ledger=ledger, private=private
+        )
+    if AUDIT in documents:
+        problems += audit_problems(documents[AUDIT])
+    if ARRAYS in content:
+        problems += weights_problems(
+            content.array_records[ARRAYS].to_torch_state_dict(), request=request
+        )
+    if METRICS in content:
+        problems += _metric_problems(content.metric_records[METRICS], private=private)
     return problems
 
 
-def marginal_problems(document) -> list[str]:
-    """Why a marginals document is not a set of noisy count tables (empty: it is)."""
-    expected = {"cliques", "shapes", "tables", "noise_var", "contributors"}
-    if not isinstance(document, dict) or set(document) != expected:
-        return ["marginals document does not have the fields of noisy count tables"]
-    cliques, shapes, tables = document["cliques"], document["shapes"], document["tables"]
-    if not (isinstance(cliques, list) and isinstance(shapes, list) and isinstance(tables, list)):
-        return ["marginals document: cliques, shapes and tables must be lists"]
-    if not len(cliques) == len(shapes) == len(tables):
-        return ["marginals document: cliques, shapes and tables differ in number"]
-    if not isinstance(document["noise_var"], int | float) or document["noise_var"] < 0:
-        return ["marginals document: noise variance missing or negative"]
+def _metric_problems(record: MetricRecord, *, private: bool) -> list[str]:
     problems = []
-    for i, (clique, shape, table) in enumerate(zip(cliques, shapes, tables, strict=True)):
-        if (
-            not isinstance(shape, list)
-            or not isinstance(clique, list)
-            or not 1 <= len(shape) <= MAX_MARGINAL_CLIQUE
-            or len(clique) != len(shape)
-            or not all(isinstance(n, int) and 1 <= n <= MAX_MARGINAL_DOMAIN for n in shape)
-        ):
-            problems.append(
-                f"marginal table {i}: shape {shape!r} is not a column or pair domain "
-                f"(at most {MAX_MARGINAL_DOMAIN} values a column)"
-            )
-        elif _shape(table) != shape:
-            problems.append(f"marginal table {i} is not a {shape} table of numbers")
+    for key, value in record.items():
+        if key not in REPLY_METRICS:
+            problems.append(f"metric {key!r} is not on the allow-list")
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            problems.append(f"metric {key!r} is not a scalar")
+        elif not math.isfinite(value) and (private or key != "epsilon"):
+            problems.append(f"metric {key!r} is not finite")
     return problems
 
 
-def _shape(table) -> list[int] | None:
-    """The shape of a nested list of numbers (None if ragged or not numbers)."""
-    if isinstance(table, bool):
-        return None
-    if isinstance(table, int | float):
-        return []
-    if not isinstance(table, list) or not table:
-        return None
-    shapes = [_shape(row) for row in table]
-    if shapes[0] is None or any(s != shapes[0] for s in shapes):
-        return None
-    return [len(table), *shapes[0]]
+def make_reply_guard(
+    policy_for: Callable[[Context], MerchantPolicy], merchant_name: Callable[[Context], str]
+) -> Callable:
+    """The mod: every reply of this ClientApp passes :func:`reply_problems` or is replaced by a
+    ``reply-blocked`` failure status."""
 
+    def reply_guard(msg: Message, context: Context, call_next) -> Message:
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        merchant = merchant_name(context)
+        try:
+            record = msg.content.config_records.get(CONFIG)
+            request = json.loads(str(record[DOCUMENT_KEY])) if record is not None else {}
+            problems = reply_problems(
+                reply.content,
+                message_type=msg.metadata.message_type,
+                request=request,
+                merchant=merchant,
+                policy=policy_for(context),
+            )
+        except Exception as exc:  # a reply the guard cannot read does not leave
+            problems = [f"the guard could not check the reply ({exc!r})"]
+        if not problems:
+            return reply
+        logger.error("%s: reply blocked before leaving: %s", merchant, "; ".join(problems))
+        status = {"state": FAILED, "merchant": merchant, "code": "reply-blocked"}
+        return Message(
+            RecordDict({STATUS: ConfigRecord({DOCUMENT_KEY: dumps(status)})}), reply_to=msg
+        )
 
-def _longest_list(document) -> int:
-    if isinstance(document, dict):
-        return max((_longest_list(v) for v in document.values()), default=0)
-    if isinstance(document, list):
-        return max([len(document), *(_longest_list(v) for v in document)])
-    return 0
-
-
-def reply_guard(msg: Message, context: Context, call_next) -> Message:
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply
-    problems = reply_problems(reply.content)
-    if not problems:
-        return reply
-    logger.error("reply blocked before leaving the merchant: %s", "; ".join(problems))
-    status = {
-        "state": FAILED,
-        "reason": "reply blocked by the privacy guard: " + "; ".join(problems),
-    }
-    return Message(RecordDict({STATUS: ConfigRecord({DOCUMENT_KEY: dumps(status)})}), reply_to=msg)
+    return reply_guard

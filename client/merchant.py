@@ -5,6 +5,7 @@ The Flower handlers in ``app.py`` only unpack messages, call these and pack the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -64,6 +65,30 @@ def holdout_split(
     )
 
 
+def row_wise_holdout(
+    table: pd.DataFrame, fraction: float, *, salt: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A merchant's training rows and audit holdout, each row's side decided by a hash of the
+    row itself (and ``salt``). Adding or removing one row moves no other row across, so DP on
+    the training rows is DP on the whole table; a permutation of the table (``holdout_split``)
+    would move many. Equal rows share a side; the split is the same in every round and run."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    if fraction == 0 or len(table) == 0:
+        return table.reset_index(drop=True), table.iloc[:0].reset_index(drop=True)
+    rows = pd.util.hash_pandas_object(table, index=False).to_numpy(dtype=np.uint64)
+    salted = pd.util.hash_array(rows ^ np.uint64(_salt_hash(salt)))
+    holdout = salted < np.uint64(int(fraction * 2.0**64))
+    return (
+        table[~holdout].reset_index(drop=True),
+        table[holdout].reset_index(drop=True),
+    )
+
+
+def _salt_hash(salt: str) -> int:
+    return int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
+
+
 def audit_round(
     train: pd.DataFrame,
     holdout: pd.DataFrame,
@@ -78,9 +103,14 @@ def audit_round(
     sensitive_columns: list[str],
     sample_rows: int,
     seed: int,
-) -> dict:
-    """Audit the global synthesizer on this merchant's own rows: aggregates only."""
+    report_dir: Path,
+) -> dict[str, bool]:
+    """Audit the global synthesizer on this merchant's own rows (fidelity, utility, attacks,
+    with real values: it is the merchant's data) and write the full report (HTML + JSON)
+    into ``report_dir``, which stays with the merchant. Returns what may be sent: no number
+    computed on a real row, only that the local report exists."""
     from privacy.audit import audit_table  # heavy (SDMetrics); only evaluate rounds need it
+    from privacy.report import write_report
 
     synth = TabularSynthesizer.from_fitted(
         metadata,
@@ -91,7 +121,6 @@ def audit_round(
         epsilon=float(claimed.get("epsilon") or math.inf),
         model_options=model_options,
     )
-    # A fixed number of synthetic rows: a count derived from the table would reveal its size.
     synthetic = synth.sample(sample_rows, seed=seed)
     report = audit_table(
         train,
@@ -105,23 +134,9 @@ def audit_round(
         claimed_epsilon=claimed.get("epsilon"),
         seed=seed,
     )
-    return without_row_counts(report)
-
-
-# Keys of an audit that count real rows: exact counts never leave a merchant.
-REAL_ROW_COUNTS = frozenset({
-    "train_rows", "test_rows", "members", "nonmembers", "evaluation_members",
-    "evaluation_nonmembers", "reference_rows",
-})  # fmt: skip
-
-
-def without_row_counts(document):
-    """The audit document without its counts of real rows (at any depth)."""
-    if isinstance(document, dict):
-        return {k: without_row_counts(v) for k, v in document.items() if k not in REAL_ROW_COUNTS}
-    if isinstance(document, list):
-        return [without_row_counts(v) for v in document]
-    return document
+    html, _ = write_report(report, report_dir, title="fedsynth local audit")
+    logger.info("local audit report (stays here): %s", html)
+    return {"local_report": True}
 
 
 def load_merchant_table(path: str | Path, schema: TableSchema) -> pd.DataFrame:
@@ -141,6 +156,12 @@ def _require_private_state(state: MerchantState, *, epsilon: float, delta: float
         state.ledger = PrivacyLedger(epsilon_budget=epsilon, delta=delta, owner=state.merchant)
 
 
+def _run_target(state: MerchantState, epsilon: float, target: float | None) -> float:
+    """The ledger total a release plans to: what the server asked, never past the budget."""
+    asked = epsilon if target is None else min(float(target), epsilon)
+    return min(asked, state.ledger.epsilon_budget)
+
+
 def statistics_round(
     table: pd.DataFrame,
     *,
@@ -149,17 +170,15 @@ def statistics_round(
     epsilon: float,
     delta: float,
     statistics_share: float,
-    seed: int,
     source: str,
 ) -> TableStatistics:
-    """Release this merchant's DP column statistics and DP row count (recorded in its ledger)."""
-    rng = np.random.default_rng(seed)
+    """Release this merchant's DP column statistics and DP row count (recorded in its ledger).
+    The noise is always the merchant's own (``SecureNoise``): no seed of the server's."""
     if math.isinf(epsilon):
         stats, _ = release_statistics(
             statistics_inputs(table, schema, source=source),
             noise_multiplier=0.0,
             threshold_delta=0.0,
-            rng=rng,
         )
     else:
         if state.ledger is None:
@@ -169,7 +188,6 @@ def statistics_round(
             schema,
             state.ledger,
             epsilon=epsilon * statistics_share,
-            rng=rng,
             source=source,
         )
     state.dp_rows = max(float(stats.row_count), 1.0)
@@ -186,13 +204,13 @@ def marginals_round(
     delta: float,
     phase: str,
     tree: list[tuple[int, int]] | None,
-    seed: int,
     source: str,
     target_epsilon: float | None = None,
 ) -> tuple[MarginalRelease, dict[str, float]]:
     """This merchant's noisy marginals for the marginal model's ``phase`` (selection: every
     pair; measurement: the server's ``tree``), recorded in its ledger; returns them and the
-    round's metrics. Its noise is its own: the sum over merchants carries all of it. The two
+    round's metrics. Its noise is its own (``SecureNoise``, never a seed of the server's): the
+    sum over merchants carries all of it. The two
     phases end at ``target_epsilon`` (a GAN's or VAE's warm start) or at the budget."""
     model = build_model("marginal", encoder, model_options)
     if not isinstance(model, MarginalModel):
@@ -206,9 +224,8 @@ def marginals_round(
         ledger=state.ledger if private else None,
         phase=phase,
         tree=None if tree is None else [tuple(pair) for pair in tree],
-        rng=np.random.default_rng(seed),
         source=source,
-        target_epsilon=target_epsilon,
+        target_epsilon=_run_target(state, epsilon, target_epsilon) if private else None,
     )
     metrics = {
         "num-examples": float(state.dp_rows if private else len(table)),
@@ -234,7 +251,6 @@ def train_round(
     delta: float,
     server_round: int,
     num_rounds: int,
-    seed: int,
     source: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One local round of DP-SGD from the global weights; returns new weights and metrics.
@@ -246,9 +262,11 @@ def train_round(
     network = build_model(model, encoder, model_options)
     network.load_state_dict(weights)
     rows = encoder.transform(table, source=source)
-    if len(rows) == 0:
-        raise DataError("no row fits the shared encoder", source=source)
     private = not math.isinf(epsilon)
+    # Under DP a table no row of which fits the server's encoder still trains (noise-only
+    # steps): failing would tell a server that crafted the encoder that no row holds a value.
+    if len(rows) == 0 and not private:
+        raise DataError("no row fits the shared encoder", source=source)
     if private:
         _require_private_state(state, epsilon=epsilon, delta=delta)
         if state.noise_multiplier is None:
@@ -256,7 +274,7 @@ def train_round(
             remaining = max(num_rounds - server_round + 1, 1)
             state.noise_multiplier = calibrate_noise_multiplier(
                 state.ledger,
-                target_epsilon=state.ledger.epsilon_budget,
+                target_epsilon=min(epsilon, state.ledger.epsilon_budget),
                 sample_rate=sample_rate,
                 steps=steps * remaining,
             )
@@ -281,11 +299,12 @@ def train_round(
         config=training,
         noise_multiplier=state.noise_multiplier if private else None,
         ledger=state.ledger,
-        seed=seed,
-        public_rows=public_rows,
+        public_rows=public_rows,  # batches and noise: SecureNoise; no seed of the server's
     )
     last = history[-1]
-    logger.info(
+    # Losses on real rows are not released: the merchant's own debug log only (a simulation
+    # prints every merchant's INFO log on one console).
+    logger.debug(
         "%s round %d: %s (%.1f s)",
         state.merchant,
         server_round,

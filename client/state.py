@@ -3,15 +3,20 @@
 Kept in the node's ``context.state`` (survives the rounds of one run) and, when the merchant
 has a state file, on disk (survives runs and restarts). The disk copy is written atomically
 after every change, and a state is never replaced by one that has spent less: losing a file
-write can make the budget look *more* spent, never less.
+write can make the budget look *more* spent, never less. While a message is handled the file
+is locked (:func:`ledger_lock`), so two runs can never both spend from one copy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +35,9 @@ class MerchantState:
     dp_rows: float | None = None  # DP row count from the statistics round
     noise_multiplier: float | None = None  # calibrated once for all planned rounds
     plan: dict = field(default_factory=dict)
+    # SHA-256 of the public schema this merchant answered first (pinned when its policy names
+    # no metadata file): a server that changes the schema to probe values is refused.
+    schema_digest: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -38,6 +46,7 @@ class MerchantState:
             "dp_rows": self.dp_rows,
             "noise_multiplier": self.noise_multiplier,
             "plan": self.plan,
+            "schema_digest": self.schema_digest,
         }
 
     @classmethod
@@ -48,6 +57,7 @@ class MerchantState:
             dp_rows=d.get("dp_rows"),
             noise_multiplier=d.get("noise_multiplier"),
             plan=d.get("plan", {}),
+            schema_digest=d.get("schema_digest"),
         )
 
     @property
@@ -94,3 +104,34 @@ def save_state(state: MerchantState, *, node_state: RecordDict | None, path: Pat
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+class LedgerLockedError(RuntimeError):
+    """Another process holds this merchant's ledger file."""
+
+
+@contextlib.contextmanager
+def ledger_lock(path: Path | None, *, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s lock file (``<path>.lock``) for a whole message:
+    load, spend, save. A second run on the same ledger waits up to ``timeout`` seconds, then
+    raises LedgerLockedError. No path: nothing to lock (the ledger lives in one node state)."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LedgerLockedError(
+                        f"ledger file {path} is locked by another run ({timeout:.0f} s waited)"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

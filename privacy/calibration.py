@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from privacy.ledger import MechanismRecord, PrivacyLedger
+from privacy.ledger import GAUSSIAN, MechanismRecord, PrivacyLedger
 
 
 def calibrate_noise_multiplier(
@@ -15,10 +15,11 @@ def calibrate_noise_multiplier(
     steps: int,
     label: str = "dp-sgd",
     tolerance: float = 1e-3,
+    mechanism: str = GAUSSIAN,
 ) -> float:
-    """Smallest noise multiplier such that the ledger plus ``steps`` new steps stays within
-    ``target_epsilon`` (at the ledger's delta). The planned steps are all future rounds, so the
-    noise is fixed once for the whole federation."""
+    """Smallest noise multiplier such that the ledger plus ``steps`` new steps of
+    ``mechanism`` stays within ``target_epsilon`` (at the ledger's delta). The planned steps are
+    all future rounds, so the noise is fixed once for the whole federation."""
     if math.isinf(target_epsilon):
         return 0.0
     if ledger.epsilon() >= target_epsilon:
@@ -28,7 +29,8 @@ def calibrate_noise_multiplier(
         )
 
     def eps(sigma: float) -> float:
-        return ledger.epsilon_after([MechanismRecord(label, sigma, sample_rate, steps)])
+        planned = MechanismRecord(label, sigma, sample_rate, steps, mechanism=mechanism)
+        return ledger.epsilon_after([planned])
 
     low, high = 0.0, 1.0
     while eps(high) > target_epsilon:
@@ -44,11 +46,13 @@ def calibrate_noise_multiplier(
     return high
 
 
-def gaussian_noise_multiplier(*, epsilon: float, delta: float) -> float:
-    """Noise multiplier of a single Gaussian release costing ``epsilon`` alone (RDP-converted)."""
+def gaussian_noise_multiplier(*, epsilon: float, delta: float, mechanism: str = GAUSSIAN) -> float:
+    """Noise multiplier of a single (discrete) Gaussian release costing ``epsilon`` alone
+    (RDP-converted)."""
     if math.isinf(epsilon):
         return 0.0
     scratch = PrivacyLedger(epsilon_budget=epsilon, delta=delta)
     return calibrate_noise_multiplier(
-        scratch, target_epsilon=epsilon, sample_rate=1.0, steps=1, label="gaussian"
-    )
+        scratch, target_epsilon=epsilon, sample_rate=1.0, steps=1, label=mechanism,
+        mechanism=mechanism,
+    )  # fmt: skip

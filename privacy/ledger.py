@@ -1,18 +1,19 @@
 """One data owner's privacy ledger: every mechanism that touched its rows, composed with RDP.
 
-Both kinds of mechanism the project runs are (subsampled) Gaussian mechanisms:
-DP-SGD steps (noise multiplier sigma, Poisson rate q) and the one-shot Gaussian release of the
-encoder statistics (q = 1, one step). Rényi DP composes them exactly by adding their RDP curves;
-the sum is converted to (epsilon, delta) once. A release that thresholds noisy counts of an
-unknown category domain also fails with a small probability; that probability is added to delta
-(``extra_delta``), so epsilon is reported at ``delta - extra_delta``.
+The project runs two kinds of mechanism: DP-SGD steps, subsampled Gaussian mechanisms (noise
+multiplier sigma, Poisson rate q), and one-shot releases of integer count tables with discrete
+Gaussian noise (the encoder statistics, the marginals: q = 1, one step). Rényi DP composes them
+exactly by adding their RDP curves; the sum is converted to (epsilon, delta) once. A release
+that thresholds noisy counts of an unknown category domain also fails with a small
+probability; that probability is added to delta (``extra_delta``), so epsilon is reported at
+``delta - extra_delta``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
@@ -35,22 +36,59 @@ def _step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     return np.asarray(rdp, dtype=float)
 
 
+GAUSSIAN, DISCRETE_GAUSSIAN = "gaussian", "discrete-gaussian"
+MECHANISMS = (GAUSSIAN, DISCRETE_GAUSSIAN)
+
+
+def _discrete_gaussian_rdp(noise_multiplier: float) -> np.ndarray:
+    """RDP of integer counts plus independent discrete Gaussian noise, L2 sensitivity Delta2
+    and noise sigma = noise_multiplier * Delta2 per cell (sigma_j per cell: Delta2^2 / sigma^2
+    is sum_j delta_j^2 / sigma_j^2): alpha * Delta2^2 / (2 sigma^2) = alpha / (2 nm^2).
+
+    Canonne, Kamath & Steinke 2020 (Section 2: the discrete Gaussian's concentrated DP, and
+    its multivariate form with independent coordinates): N_Z(0, sigma^2) on an integer query
+    of sensitivity Delta is 1/2 (Delta/sigma)^2-zCDP. In one line: for an integer shift mu,
+    sum_x p(x)^alpha p(x - mu)^(1 - alpha) is exp(alpha (alpha - 1) mu^2 / (2 sigma^2)) times
+    a theta sum shifted by (1 - alpha) mu, which is at most the unshifted one (equal at
+    integer alpha: exact there, and the same curve as the continuous Gaussian's). Independent
+    cells compose. Kairouz, Liu & Steinke 2021 (Proposition 14) add
+    tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1)) for a *sum of n parties'*
+    discrete Gaussians (which is not a discrete Gaussian); each release here is one owner's
+    own noise, seen alone by the server (n = 1, tau = 0), and their bound is the one above."""
+    return np.asarray(RDP_ORDERS) / (2.0 * noise_multiplier**2)
+
+
 class BudgetExceededError(RuntimeError):
     """The next mechanism would take an owner past its (epsilon, delta) budget."""
 
 
 @dataclass(frozen=True)
 class MechanismRecord:
-    """One (subsampled) Gaussian mechanism applied ``steps`` times."""
+    """One mechanism applied ``steps`` times: a (subsampled) Gaussian (``mechanism="gaussian"``)
+    or a discrete Gaussian release of integer counts (``"discrete-gaussian"``, ``sample_rate``
+    1). ``noise_multiplier`` is the noise std over the L2 sensitivity; ``l2_sensitivity`` (in
+    units of the release's count-table noise) and ``dimension`` (noisy cells; 0: not recorded,
+    or not public, as a sparse domain's size) describe the release and do not change its RDP."""
 
     label: str
     noise_multiplier: float
     sample_rate: float
     steps: int
     extra_delta: float = 0.0
+    mechanism: str = GAUSSIAN
+    l2_sensitivity: float = 1.0
+    dimension: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"unknown mechanism {self.mechanism!r}; one of {MECHANISMS}")
+        if self.mechanism == DISCRETE_GAUSSIAN and self.sample_rate != 1.0:
+            raise ValueError("a discrete Gaussian release is not subsampled (sample_rate 1)")
 
     def rdp(self) -> np.ndarray:
         """RDP at each of ``RDP_ORDERS``."""
+        if self.mechanism == DISCRETE_GAUSSIAN:
+            return self.steps * _discrete_gaussian_rdp(self.noise_multiplier)
         return self.steps * _step_rdp(self.sample_rate, self.noise_multiplier)
 
 
@@ -114,15 +152,10 @@ class PrivacyLedger:
         last = self.records[-1] if self.records else None
         if (
             last is not None
-            and last.label == record.label
-            and last.noise_multiplier == record.noise_multiplier
-            and last.sample_rate == record.sample_rate
             and record.extra_delta == 0.0
-            and last.extra_delta == 0.0
+            and replace(last, steps=record.steps) == record
         ):
-            self.records[-1] = MechanismRecord(
-                last.label, last.noise_multiplier, last.sample_rate, last.steps + record.steps
-            )
+            self.records[-1] = replace(last, steps=last.steps + record.steps)
         else:
             self.records.append(record)
 

@@ -8,7 +8,12 @@ Blocks of the audit dict may be missing (the audit is assembled by other code, a
 early): the section of a missing block is skipped with a note, and a section that cannot be drawn
 from a malformed block is replaced by a note (and logged) instead of failing the whole report.
 
-Public API: :func:`write_report`, :func:`render_html`, :func:`verdict`.
+Two reports: one table's audit (:func:`write_report`, a data owner's local view, on its own
+rows) and the federated report (:func:`write_federated_report`: DP releases, post-processing
+of them and the ledgers only, never a merchant's local numbers).
+
+Public API: :func:`write_report`, :func:`render_html`, :func:`verdict`,
+:func:`write_federated_report`, :func:`render_federated_html`, :func:`federated_verdict`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,26 @@ EPSILON_TOLERANCE = 1e-9
 MAX_DISTRIBUTION_PLOTS = 36
 #: At most this many categories per categorical distribution plot (the most frequent real ones).
 MAX_CATEGORIES = 20
+
+LOCAL_VIEW = (
+    "Local view: computed on this owner's own rows, with real values and exact counts. It is "
+    "the data owner's report, not a DP release: it stays with the owner."
+)
+FEDERATED_VIEW = (
+    "Federated view: every number in this report is a DP release already in the merchants' "
+    "ledgers, post-processing of those releases (a synthetic sample scored against them), or "
+    "the ledgers' own accounting. No merchant sent a number computed on its rows for it. Each "
+    "merchant's full audit (fidelity, utility, membership attacks and SDMetrics on its own "
+    "rows) is in its own local report, which is never sent."
+)
+NOISE_NOTE = (
+    "Scores against a noisy release are biased down: clipped noise puts mass where the data has "
+    "none, so even a sample drawn from the real distribution scores below 1. Judge a score by "
+    "the release's noise std per cell against its total count, and by its reference: the score "
+    "the sample would get if the real data were distributed exactly as the sample, measured "
+    "with this release's total and noise. A score near its reference is as close as the noise "
+    "lets anyone tell; well below it, the sample differs from the data."
+)
 
 HEURISTIC_NOTE = (
     "Distance-based metrics (DCR, disclosure protection) are heuristics, not privacy "
@@ -168,15 +193,10 @@ def verdict(audit: dict) -> dict:
     fidelity = _block(audit, "fidelity") or {}
     utility = _block(audit, "utility") or {}
     attack = _block(audit, "attack") or {}
-    ledgers = _block(audit, "ledgers") or {}
-    merchants = _block(audit, "merchants") or {}
     failures = _block(audit, "failures") or []
 
     claimed_eps = _num(_get(claimed, "epsilon"))
-    ledger_eps = {
-        name: _num(_get(ledger, "epsilon"))
-        for name, ledger in (ledgers.items() if isinstance(ledgers, Mapping) else [])
-    }
+    ledger_eps = _ledger_epsilons(audit)
     ledger_eps_max = max((e for e in ledger_eps.values() if e is not None), default=None)
     reference_eps = claimed_eps if claimed_eps is not None else ledger_eps_max
     reference_name = "claimed epsilon" if claimed_eps is not None else "largest ledger epsilon"
@@ -237,18 +257,7 @@ def verdict(audit: dict) -> dict:
     if reference_eps is None:
         not_checked.append("claimed epsilon (no claimed epsilon nor ledger)")
 
-    if claimed_eps is not None:
-        for name, eps in ledger_eps.items():
-            if eps is not None and eps > claimed_eps + EPSILON_TOLERANCE:
-                _check(
-                    checks,
-                    "ledger_above_claim",
-                    "critical",
-                    f"BUG: ledger of {name} spent epsilon {_fmt(eps)} > claimed "
-                    f"{_fmt(claimed_eps)}.",
-                    eps,
-                    claimed_eps,
-                )
+    _ledger_checks(checks, claimed_eps, ledger_eps)
 
     quality = out["quality"]
     if quality is None:
@@ -263,33 +272,52 @@ def verdict(audit: dict) -> dict:
             MIN_QUALITY,
         )
 
-    if isinstance(merchants, Mapping):
-        for name, block in merchants.items():
-            who = f"{name}: "
-            privacy_checks(who, _get(block, "attack"))
-            m_quality = _num(_get(block, "fidelity", "quality"))
-            if m_quality is not None and m_quality < MIN_QUALITY:
-                _check(
-                    checks,
-                    "quality",
-                    "fail",
-                    f"{who}quality {_fmt(m_quality)} < {MIN_QUALITY}.",
-                    m_quality,
-                    MIN_QUALITY,
-                )
+    _failure_checks(checks, failures)
+    return _concluded(out, checks, not_checked)
 
+
+def _ledger_epsilons(audit: Mapping) -> dict[str, float | None]:
+    ledgers = _block(audit, "ledgers") or {}
+    return {
+        str(name): _num(_get(ledger, "epsilon"))
+        for name, ledger in (ledgers.items() if isinstance(ledgers, Mapping) else [])
+    }
+
+
+def _ledger_checks(
+    checks: list[dict], claimed_eps: float | None, ledger_eps: Mapping[str, float | None]
+) -> None:
+    """A ledger that spent more than the claim is a bug."""
+    if claimed_eps is None:
+        return
+    for name, eps in ledger_eps.items():
+        if eps is not None and eps > claimed_eps + EPSILON_TOLERANCE:
+            _check(
+                checks,
+                "ledger_above_claim",
+                "critical",
+                f"BUG: ledger of {name} spent epsilon {_fmt(eps)} > claimed {_fmt(claimed_eps)}.",
+                eps,
+                claimed_eps,
+            )
+
+
+def _failure_checks(checks: list[dict], failures: Any) -> None:
     for failure in failures if isinstance(failures, list) else []:
         merchant = _get(failure, "merchant") or "?"
         state = _get(failure, "state") or "failed"
         round_ = _get(failure, "round")
-        reason = _get(failure, "reason") or ""
+        reason = _get(failure, "reason") or _get(failure, "code") or ""
+        detail = f": {reason}" if reason else ""
         _check(
             checks,
             "merchant_failure",
             "fail",
-            f"{merchant} {state} in round {_fmt(round_)}: {reason}",
+            f"{merchant} {state} in round {_fmt(round_)}{detail}",
         )
 
+
+def _concluded(out: dict, checks: list[dict], not_checked: list[str]) -> dict:
     out["failed_checks"] = checks
     out["critical"] = any(c["severity"] == "critical" for c in checks)
     out["not_checked"] = not_checked
@@ -328,6 +356,10 @@ def _verdict_box(v: dict) -> str:
         ("Attack AUC", _fmt(v["attack_auc"])),
         ("Empirical ε lower bound", empirical_text()),
     ]
+    return _verdict_html(v, rows)
+
+
+def _verdict_html(v: dict, rows: list[tuple[str, str]]) -> str:
     body = "".join(
         f'<tr><th>{_esc(k)}</th><td class="value">{_esc(val)}</td></tr>' for k, val in rows
     )
@@ -523,7 +555,13 @@ def _distribution_grid(distributions: Mapping) -> str:
     return note + _img(fig, "distributions", "real vs synthetic distributions per column")
 
 
-def _pair_trend_heatmap(trends: Mapping) -> str:
+def _pair_trend_heatmap(
+    trends: Mapping,
+    *,
+    kind: str = "pair-trends",
+    title: str = "Column pair trends (blank: pair not scored)",
+    label: str = "pair trend score (1 = same as real)",
+) -> str:
     columns: list[str] = []
     cells: dict[tuple[str, str], float] = {}
     for key, score in trends.items():
@@ -561,9 +599,9 @@ def _pair_trend_heatmap(trends: Mapping) -> str:
                         fontsize=7,
                         color="white" if matrix[i][j] < 0.6 else "black",
                     )
-    fig.colorbar(image, ax=ax, label="pair trend score (1 = same as real)")
-    ax.set_title("Column pair trends (blank: pair not scored)")
-    return _img(fig, "pair-trends", "pair trend heatmap")
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(title)
+    return _img(fig, kind, f"{kind} heatmap")
 
 
 def _utility_section(audit: dict) -> str:
@@ -610,28 +648,23 @@ def _attack_section(audit: dict) -> str:
     parts = [head, _kv_table(pairs)]
     roc = _get(attack, "roc")
     if isinstance(roc, Mapping) and roc.get("fpr") and roc.get("tpr"):
-        merchants = _block(audit, "merchants") or {}
-        parts.append(_section_or_note("ROC", lambda: _roc_plot(attack, merchants)))
+        parts.append(_section_or_note("ROC", lambda: _roc_plot(attack)))
     else:
         parts.append(_note('No "roc" curve in the attack block: plot skipped.'))
     return "".join(parts) + "</section>"
 
 
-def _roc_plot(attack: Mapping, merchants: Mapping) -> str:
+def _roc_plot(attack: Mapping) -> str:
     fig = _figure(5.5, 5.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random guess")
-    for name in sorted(merchants) if isinstance(merchants, Mapping) else []:
-        roc = _get(merchants[name], "attack", "roc")
-        if isinstance(roc, Mapping) and roc.get("fpr") and roc.get("tpr"):
-            ax.plot(roc["fpr"], roc["tpr"], linewidth=0.8, alpha=0.5, label=str(name))
     roc = attack["roc"]
     ax.plot(
         roc["fpr"],
         roc["tpr"],
         color="black",
         linewidth=2,
-        label=f"pooled (AUC {_fmt(_get(attack, 'auc'), 3)})",
+        label=f"attack (AUC {_fmt(_get(attack, 'auc'), 3)})",
     )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -693,45 +726,6 @@ def _dcr_plot(histogram: Mapping) -> str:
     return _img(fig, "dcr-histogram", "DCR histogram, synthetic to train vs holdout")
 
 
-def _merchants_section(audit: dict) -> str:
-    merchants = _block(audit, "merchants")
-    head = '<section id="merchants"><h2>Per merchant</h2>'
-    if not merchants:
-        return head + _note('No "merchants" block (not a federated audit): skipped.') + "</section>"
-    ledgers = _block(audit, "ledgers") or {}
-    rows = []
-    for name in sorted(merchants):
-        block = merchants[name] or {}
-        rows.append(
-            [
-                name,
-                _get(ledgers, name, "epsilon"),
-                _get(block, "fidelity", "quality"),
-                _get(block, "fidelity", "quality_all_pairs"),
-                _get(block, "utility", "ratio"),
-                _get(block, "attack", "auc"),
-                _get(block, "attack", "empirical_epsilon", "epsilon_lower_bound"),
-                _get(block, "heuristics", "dcr_baseline_protection", "score"),
-                _get(block, "heuristics", "dcr_overfitting_protection", "score"),
-            ]
-        )
-    table = _table(
-        [
-            "merchant",
-            "ε spent",
-            "quality",
-            "quality (all pairs)",
-            "utility ratio",
-            "attack AUC",
-            "empirical ε lower bound",
-            "DCR baseline (heuristic)",
-            "DCR overfitting (heuristic)",
-        ],
-        rows,
-    )
-    return head + table + "</section>"
-
-
 def _failures_section(audit: dict) -> str:
     failures = _block(audit, "failures")
     head = '<section id="failures"><h2>Merchant failures and refusals</h2>'
@@ -753,6 +747,191 @@ def _timings_section(audit: dict) -> str:
         + _kv_table([(k, seconds[k]) for k in seconds])
         + "</section>"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The federated report: DP releases and ledgers only
+# ----------------------------------------------------------------------------------------------
+
+
+def federated_verdict(report: dict) -> dict:
+    """Headline numbers and failed checks of a federated report: the ledgers against the claim
+    and the merchants' failures (its fidelity scores are against noisy releases: shown, not
+    checked against a threshold). Same keys as :func:`verdict` for the checks."""
+    report = report if isinstance(report, Mapping) else {}
+    claimed = _block(report, "claimed") or {}
+    dp = _block(report, "dp_fidelity") or {}
+    merchants = _block(report, "merchants") or {}
+    failures = _block(report, "failures") or []
+    claimed_eps = _num(_get(claimed, "epsilon"))
+    ledger_eps = _ledger_epsilons(report)
+    out: dict[str, Any] = {
+        "epsilon": claimed_eps,
+        "delta": _num(_get(claimed, "delta")),
+        "ledger_epsilon_max": max((e for e in ledger_eps.values() if e is not None), default=None),
+        "dp_column_fidelity": _num(_get(dp, "column_mean")),
+        "dp_column_reference": _num(_get(dp, "column_reference")),
+        "dp_pair_fidelity": _num(_get(dp, "pair_mean")),
+        "dp_pair_reference": _num(_get(dp, "pair_reference")),
+        "merchants": len(merchants) if isinstance(merchants, Mapping) else 0,
+        "local_reports": sum(
+            _get(m, "local_report") is True
+            for m in (merchants.values() if isinstance(merchants, Mapping) else [])
+        ),
+        "failures": len(failures) if isinstance(failures, list) else 0,
+    }
+    checks: list[dict] = []
+    not_checked = [] if claimed_eps is not None else ["claimed epsilon"]
+    if not dp:
+        not_checked.append("DP fidelity (no DP release held)")
+    _ledger_checks(checks, claimed_eps, ledger_eps)
+    _failure_checks(checks, failures)
+    return _concluded(out, checks, not_checked)
+
+
+def _federated_verdict_box(v: dict) -> str:
+    def with_reference(score: str, reference: str) -> str:
+        if v[reference] is None:
+            return _fmt(v[score])
+        return f"{_fmt(v[score])} (reference {_fmt(v[reference], 3)})"
+
+    rows = [
+        ("ε (claimed)", _fmt(v["epsilon"])),
+        ("δ (claimed)", _fmt(v["delta"])),
+        ("ε spent (largest ledger)", _fmt(v["ledger_epsilon_max"])),
+        (
+            "Column fidelity vs DP statistics (1 - TV)",
+            with_reference("dp_column_fidelity", "dp_column_reference"),
+        ),
+        (
+            "Pair fidelity vs DP marginals (1 - TV)",
+            with_reference("dp_pair_fidelity", "dp_pair_reference"),
+        ),
+        ("Local audit reports written", f"{v['local_reports']} of {v['merchants']} merchants"),
+    ]
+    return _verdict_html(v, rows)
+
+
+def _boundary_section(report: dict) -> str:
+    labels = _block(report, "labels") or {}
+    items = "".join(
+        f"<li><b>{_esc(key)}</b>: {_esc(text)}</li>"
+        for key, text in (labels.items() if isinstance(labels, Mapping) else [])
+    )
+    return (
+        '<section id="view" class="federated"><h2>What this report holds</h2>'
+        f'<p class="warning">{_esc(FEDERATED_VIEW)}</p>'
+        + (f"<ul>{items}</ul>" if items else "")
+        + "</section>"
+    )
+
+
+def _dp_fidelity_section(report: dict) -> str:
+    head = '<section id="dp-fidelity"><h2>Fidelity against the DP releases</h2>'
+    dp = _block(report, "dp_fidelity")
+    if not isinstance(dp, Mapping):
+        return head + _missing("dp_fidelity") + "</section>"
+    releases = _get(dp, "releases") or {}
+    parts = [
+        head,
+        f"<p>Each score is {_esc(_get(dp, 'label') or 'computed against a DP release')}.</p>",
+        _note(NOISE_NOTE),
+        _kv_table(
+            [
+                ("Mean column score (1 - TV)", _get(dp, "column_mean")),
+                ("Its reference", _get(dp, "column_reference")),
+                ("Mean pair score (1 - TV)", _get(dp, "pair_mean")),
+                ("Its reference", _get(dp, "pair_reference")),
+            ]
+        ),
+    ]
+    pairs = [n for n in releases if _get(releases[n], "kind") == "pairs"]
+    widest = max(pairs, key=lambda n: len(_get(releases[n], "scores") or {}), default=None)
+    for name in releases:
+        parts.append(_section_or_note(name, lambda n=name: _release_block(n, releases[n])))
+        if name == widest:
+            parts.append(
+                _section_or_note("DP pair heatmap", lambda n=name: _dp_heatmap(n, releases[n]))
+            )
+    if not releases:
+        parts.append(_note("No DP release was held: nothing to score."))
+    return "".join(parts) + "</section>"
+
+
+def _release_block(name: str, block: Mapping) -> str:
+    scores = _get(block, "scores") or {}
+    summary = _kv_table(
+        [
+            ("Noise std per cell", _get(block, "noise_std")),
+            ("Total count (noisy)", _get(block, "total")),
+            ("Merchants summed", _get(block, "contributors")),
+            ("Mean score", _get(block, "mean")),
+            ("Mean reference (data distributed as the sample)", _get(block, "reference_mean")),
+        ]
+    )
+    rows = [
+        [key, _get(score, "score"), _get(score, "reference"), _get(score, "cells")]
+        for key, score in scores.items()
+    ]
+    table = _table(["table", "1 - TV vs the noisy release", "reference", "cells"], rows)
+    return f"<h3>Release: {_esc(name)}</h3>{summary}{table}"
+
+
+def _dp_heatmap(name: str, block: Mapping) -> str:
+    scores = {key: _get(score, "score") for key, score in (_get(block, "scores") or {}).items()}
+    return _pair_trend_heatmap(
+        scores,
+        kind="dp-pairs",
+        title=f"Pairs: 1 - TV against the noisy release ({name}; see each reference)",
+        label="1 - TV against the noisy DP release",
+    )
+
+
+def _local_reports_section(report: dict) -> str:
+    head = (
+        '<section id="merchants"><h2>Merchants\' local audits</h2><p>Each merchant audited the '
+        "final synthesizer on its own rows and keeps that report; only whether it did is "
+        "recorded here.</p>"
+    )
+    merchants = _block(report, "merchants")
+    if not isinstance(merchants, Mapping):
+        return head + _missing("merchants") + "</section>"
+    ledgers = _block(report, "ledgers") or {}
+    rows = [
+        [
+            name,
+            _get(merchants[name], "state"),
+            _get(merchants[name], "local_report"),
+            _get(ledgers, name, "epsilon"),
+        ]
+        for name in sorted(merchants)
+    ]
+    return (
+        head + _table(["merchant", "audit state", "local report", "ε spent"], rows) + "</section>"
+    )
+
+
+def render_federated_html(report: dict, *, title: str = "fedsynth federated audit") -> str:
+    """The self-contained HTML page of a federated report (see :func:`federated_verdict`)."""
+    report = report if isinstance(report, Mapping) else {}
+    sections = [
+        _boundary_section(report),
+        _federated_verdict_box(federated_verdict(report)),
+        _section_or_note("privacy", lambda: _privacy_section(report)),
+        _section_or_note("DP fidelity", lambda: _dp_fidelity_section(report)),
+        _section_or_note("merchants", lambda: _local_reports_section(report)),
+        _section_or_note("failures", lambda: _failures_section(report)),
+    ]
+    return _page(title, sections)
+
+
+def write_federated_report(
+    report: dict, out_dir: str | Path, *, title: str = "fedsynth federated audit"
+) -> tuple[Path, Path]:
+    """Write a federated report's ``report.html`` and ``report.json`` (``{"title", "view",
+    "verdict", "audit"}``, the report document under ``audit``) into ``out_dir``."""
+    page = render_federated_html(report, title=title)
+    return _write(out_dir, title, FEDERATED_VIEW, report, federated_verdict(report), page)
 
 
 def _section_or_note(name: str, build: Callable[[], str]) -> str:
@@ -802,21 +981,26 @@ img.plot { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
 
 
 def render_html(audit: dict, *, title: str = "fedsynth audit") -> str:
-    """The self-contained HTML report of ``audit`` (no network resources)."""
+    """The self-contained HTML report of one table's ``audit`` (no network resources): the
+    data owner's local view, computed on its own rows."""
     audit = audit if isinstance(audit, Mapping) else {}
     v = verdict(audit)
-    generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
+        f'<section id="view" class="local"><h2>Local view</h2><p>{_esc(LOCAL_VIEW)}</p></section>',
         _verdict_box(v),
         _section_or_note("privacy", lambda: _privacy_section(audit)),
         _section_or_note("fidelity", lambda: _fidelity_section(audit)),
         _section_or_note("utility", lambda: _utility_section(audit)),
         _section_or_note("attack", lambda: _attack_section(audit)),
         _section_or_note("heuristics", lambda: _heuristics_section(audit)),
-        _section_or_note("merchants", lambda: _merchants_section(audit)),
         _section_or_note("failures", lambda: _failures_section(audit)),
         _section_or_note("timings", lambda: _timings_section(audit)),
     ]
+    return _page(title, sections)
+
+
+def _page(title: str, sections: list[str]) -> str:
+    generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -833,19 +1017,24 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` into ``out_dir`` (created if needed).
 
-    ``report.json`` holds ``{"title", "verdict", "audit"}`` with the audit's numbers unchanged
-    (numpy values converted; non-finite floats as JSON ``Infinity``/``NaN``, which Python reads).
-    Returns ``(html_path, json_path)``.
+    ``report.json`` holds ``{"title", "view", "verdict", "audit"}`` with the audit's numbers
+    unchanged (numpy values converted; non-finite floats as JSON ``Infinity``/``NaN``, which
+    Python reads); ``view`` says it is the owner's local view. Returns ``(html_path, json_path)``.
     """
+    return _write(
+        out_dir, title, LOCAL_VIEW, audit, verdict(audit), render_html(audit, title=title)
+    )
+
+
+def _write(
+    out_dir: str | Path, title: str, view: str, audit: dict, v: dict, page: str
+) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html_path, json_path = out / "report.html", out / "report.json"
-    v = verdict(audit)
-    json_path.write_text(
-        json.dumps({"title": title, "verdict": v, "audit": audit}, indent=2, default=_json_default),
-        encoding="utf-8",
-    )
-    html_path.write_text(render_html(audit, title=title), encoding="utf-8")
+    document = {"title": title, "view": view, "verdict": v, "audit": audit}
+    json_path.write_text(json.dumps(document, indent=2, default=_json_default), encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
     logger.info(
         "report: wrote %s and %s (verdict %s, %d failed checks)",
         html_path,

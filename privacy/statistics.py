@@ -3,12 +3,15 @@
 Each row adds exactly 1 to one bin of every histogram released here (a category or the missing
 bin; a numeric grid bin or the missing bin; a decimals bin) and to the row count. With ``k``
 histograms the L2 sensitivity of all of them together (add/remove one row) is ``sqrt(k)``, so one
-Gaussian mechanism with noise ``noise_multiplier * sqrt(k)`` per bin covers the whole release.
+discrete Gaussian mechanism with noise ``noise_multiplier * sqrt(k)`` per bin covers the whole
+release: integer counts plus integer noise from a source nobody else can seed
+(``privacy.noise``).
 
 Numeric values go to a fixed, data-independent grid (never the data's own min/max). Categories
 of a public domain are counted densely; an unknown domain is released sparsely: only categories
 whose noisy count passes a threshold appear, which costs an extra ``delta`` (the probability that
-a category held by a single row passes it). Statistics are additive: merchants' releases sum.
+a category held by a single row passes it). Released categories are sorted canonically, so that
+their order tells nothing about the rows. Statistics are additive: merchants' releases sum.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from privacy.ledger import MechanismRecord
+from privacy.ledger import DISCRETE_GAUSSIAN, MechanismRecord
+from privacy.noise import NoiseSource, SecureNoise
 
 MAX_DECIMALS = 6
 
@@ -215,10 +219,31 @@ def num_histograms(columns: dict[str, CategoricalInput | NumericInput]) -> int:
     return k
 
 
+def discrete_gaussian_tail(m: int, sigma: float) -> float:
+    """An upper bound on P[X >= m] for X ~ N_Z(0, sigma^2), integer m >= 1: the smaller of
+    exp(-m^2 / (2 sigma^2)) (the discrete Gaussian is sigma^2-subgaussian: Canonne, Kamath &
+    Steinke 2020) and Q(m / sigma) + phi(m / sigma) / sigma (the tail sum is at most its first
+    term plus the integral past it, and the normalizer is at least sigma sqrt(2 pi) by Poisson
+    summation)."""
+    z = m / sigma
+    return min(math.exp(-(z**2) / 2), float(norm.sf(z) + norm.pdf(z) / sigma))
+
+
 def sparse_threshold(noise_std: float, *, delta: float, num_sparse: int) -> float:
-    """Threshold so that a category held by one row survives with probability
-    ``delta / num_sparse`` in each of ``num_sparse`` sparse releases (union bound: ``delta``)."""
-    return 1.0 + noise_std * float(norm.isf(delta / num_sparse))
+    """Threshold so that a category held by one row survives with probability at most
+    ``delta / num_sparse`` in each of ``num_sparse`` sparse releases (union bound: ``delta``).
+    Counts and noise are integers: a count of 1 passes ``> m`` only when the noise is
+    ``>= m``, so the threshold is the smallest such ``m`` whose tail bound is small enough."""
+    target = delta / num_sparse
+    high = max(1, math.ceil(noise_std * math.sqrt(2 * math.log(1 / target))))
+    low = 0  # the subgaussian bound holds at ``high``; the smallest m passing is in (low, high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if discrete_gaussian_tail(mid, noise_std) <= target:
+            high = mid
+        else:
+            low = mid
+    return float(high)
 
 
 def release_statistics(
@@ -226,10 +251,12 @@ def release_statistics(
     *,
     noise_multiplier: float,
     threshold_delta: float,
-    rng: np.random.Generator,
+    noise: NoiseSource | None = None,
     label: str = "encoder-statistics",
 ) -> tuple[TableStatistics, MechanismRecord]:
-    """Release DP statistics of one table and the mechanism that did it (for the ledger)."""
+    """Release DP statistics of one table and the mechanism that did it (for the ledger).
+    The noise is discrete Gaussian from ``noise`` (default: ``SecureNoise()``, the OS CSPRNG;
+    ``SeededNoise`` is for tests only)."""
     if noise_multiplier < 0:
         raise ValueError("noise_multiplier must be >= 0 (0: exact, non-private statistics)")
     noise_std = noise_multiplier * math.sqrt(num_histograms(columns))
@@ -241,8 +268,14 @@ def release_statistics(
         else 0.5  # non-private: every observed category
     )
 
+    noise = SecureNoise() if noise is None else noise
+    cells = 0
+
     def noisy(counts: np.ndarray) -> np.ndarray:
-        return np.asarray(counts, dtype=float) + rng.normal(0.0, noise_std, size=np.shape(counts))
+        nonlocal cells
+        counts = np.asarray(counts).astype(np.int64)  # numbers of rows
+        cells += counts.size
+        return (counts + noise.discrete_gaussian(noise_std, counts.shape)).astype(float)
 
     released: dict[str, ColumnStatistics] = {}
     n_rows = None
@@ -258,8 +291,13 @@ def release_statistics(
             else:
                 noisy_counts = noisy(observed.to_numpy(dtype=float))
                 keep = noisy_counts > threshold
-                categories = [_plain(c) for c in observed.index[keep]]
-                counts = noisy_counts[keep]
+                # Canonical order: first-appearance order would tell which row came first.
+                ordered = sorted(
+                    zip([_plain(c) for c in observed.index[keep]], noisy_counts[keep], strict=True),
+                    key=lambda pair: canonical_order(pair[0]),
+                )
+                categories = [c for c, _ in ordered]
+                counts = np.array([n for _, n in ordered], dtype=float)
             released[name] = ColumnStatistics(
                 kind="categorical",
                 counts=counts,
@@ -290,9 +328,27 @@ def release_statistics(
         columns=released, row_count=float(noisy(n_rows)), row_count_var=var, contributors=1
     )
     extra_delta = threshold_delta if num_sparse else 0.0
-    return stats, MechanismRecord(label, noise_multiplier, 1.0, 1, extra_delta)
+    record = MechanismRecord(
+        label,
+        noise_multiplier,
+        1.0,
+        1,
+        extra_delta,
+        mechanism=DISCRETE_GAUSSIAN,
+        l2_sensitivity=math.sqrt(num_histograms(columns)),
+        dimension=0 if num_sparse else cells,  # a sparse domain's size is not public
+    )
+    return stats, record
 
 
 def _plain(value):
     """numpy scalars to Python scalars, so that categories survive JSON."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def canonical_order(value) -> tuple:
+    """Sort key of released category labels: numbers (by value) before strings (by text), so
+    a released list's order says nothing about which row came first."""
+    if isinstance(value, bool | int | float):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))

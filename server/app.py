@@ -12,6 +12,11 @@ The marginal model (``model = "marginal"``) replaces step 2 by two rounds of noi
 same two rounds first, at ``warm-start-share`` of the budget, and start training from a network
 the server fits to that marginal model's rows (``synth_models/warm_start.py``); the warm-started
 weights are checkpointed as round 0.
+
+The merged DP releases (the schema round's statistics, the summed marginals) are kept in
+``<run-dir>/releases/``; after the last round each merchant audits on its own rows and keeps
+that report, and the server's report is scored against those releases only
+(``server/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from privacy.ledger import PrivacyLedger
 from server.config import FederationConfig
-from server.evaluation import collect_audits, combine, failures, rounds_epsilon
-from server.marginal_rounds import ROUNDS, run_marginal_rounds
+from server.evaluation import federated_report, request_local_audits, save_local_audits
+from server.marginal_rounds import ROUNDS, MarginalRounds, run_marginal_rounds
+from server.releases import clear_releases, save_marginals, save_statistics
 from server.schema_round import schema_round
 from server.strategy import MerchantFedAvg
 from synth_models.artifact import load_artifact
@@ -126,6 +132,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             run_dir / "rounds.jsonl",
             {"round": 0, "merchants": outcome, "dp_rows": merged.row_count},
         )
+        clear_releases(run_dir)
+        save_statistics(run_dir, merged)  # the federated report is scored against it
         if uses_warm_start(config.model, config.training(), schema):
             encoder, weights = warm_start_federation(
                 grid, config, encoder, merged.row_count, run_dir, ledgers, owners
@@ -138,14 +146,9 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             weights = build_model(config.model, encoder, config.model_options).state_dict()
 
     if config.model == "marginal":
-        round_log = (
-            []
-            if done
-            else marginal_federation(
-                grid, config, metadata, encoder, artifact, run_dir, ledgers, owners
-            )
-        )
-        return finish(grid, config, artifact, run_dir, owners, round_log)
+        if not done:
+            marginal_federation(grid, config, metadata, encoder, artifact, run_dir, ledgers, owners)
+        return finish(grid, config, artifact, run_dir, owners)
 
     strategy = MerchantFedAvg(
         round_offset=done,
@@ -212,7 +215,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         _save_checkpoint(
             _synthesizer(config, metadata, encoder, weights, ledgers), artifact, config, done
         )
-    return finish(grid, config, artifact, run_dir, owners, strategy.round_log)
+    return finish(grid, config, artifact, run_dir, owners)
 
 
 def finish(
@@ -221,15 +224,23 @@ def finish(
     artifact: Path,
     run_dir: Path,
     owners: dict[str, int],
-    round_log: list[dict],
 ) -> Path:
     """After the last round: the synthetic sample and the federated audit, as configured."""
     if config.sample_rows:
         synthetic = TabularSynthesizer.load(artifact).sample(config.sample_rows, seed=config.seed)
         synthetic.to_csv(run_dir / "synthetic.csv", index=False)
     if config.audit:
-        federated_audit(grid, config, artifact, run_dir, owners, round_log)
+        federated_audit(grid, config, artifact, run_dir, owners)
     return artifact
+
+
+def _save_marginal_releases(
+    run_dir: Path, prefix: str, rounds: MarginalRounds, max_bins: int
+) -> None:
+    """Keep the summed marginals the model was fitted from (the federated report's DP
+    fidelity is scored against them)."""
+    for phase, (release, encoder) in rounds.releases.items():
+        save_marginals(run_dir, f"{prefix}-{phase}", release, encoder, max_bins)
 
 
 def marginal_federation(
@@ -262,6 +273,7 @@ def marginal_federation(
         ledgers=ledgers,
         owners=owners,
     )
+    _save_marginal_releases(run_dir, "marginals", rounds, model.max_bins)
     synth = _synthesizer(config, metadata, encoder, rounds.weights, ledgers)
     _save_checkpoint(synth, artifact, config, len(ROUNDS), num_rounds=len(ROUNDS))
     _log_marginal_rounds(run_dir, rounds.round_log, started)
@@ -312,6 +324,7 @@ def warm_start_federation(
         [{**e, "round": 0, "phase": f"warm start {e['phase']}"} for e in rounds.round_log],
         started,
     )
+    _save_marginal_releases(run_dir, "warm-start", rounds, marginal.max_bins)
     encoder = network_encoder(marginal)
     torch.manual_seed(config.seed)
     network = build_model(config.model, encoder, config.model_options)
@@ -341,10 +354,10 @@ def federated_audit(
     artifact: Path,
     run_dir: Path,
     owners: dict[str, int],
-    round_log: list[dict],
-) -> Path | None:
-    """Merchants audit the final synthesizer on their own rows; the server writes the report."""
-    from privacy.report import write_report
+) -> Path:
+    """Merchants audit the final synthesizer on their own rows and keep their reports; the
+    server's report holds only DP releases it already has and the ledgers."""
+    from privacy.report import write_federated_report
 
     document = {
         "seed": config.seed,
@@ -352,7 +365,7 @@ def federated_audit(
         "sensitive": [c.strip() for c in config.sensitive_columns.split(",") if c.strip()],
         "sample_rows": config.audit_rows,
     }
-    audits, outcome = collect_audits(
+    states = request_local_audits(
         grid,
         artifact=artifact,
         document=document,
@@ -360,29 +373,15 @@ def federated_audit(
         timeout=config.round_timeout,
         owners=owners,
     )
-    if not audits:
-        logger.warning("audit: no merchant returned an audit: %s", outcome)
-        return None
-    rows = {
-        m: r["num-examples"]
-        for entry in round_log
-        for m, r in entry["merchants"].items()
-        if "num-examples" in r
-    }  # DP row counts, latest round last
-    synth = TabularSynthesizer.load(artifact)
-    report = {
-        **combine(audits, rows),
-        "claimed": {
-            "epsilon": synth.epsilon_spent,
-            "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
-        },
-        "ledgers": {m: lg.state_dict() for m, lg in synth.ledgers_.items()},
-        "rounds": rounds_epsilon(run_dir),
-        "merchants": audits,
-        "failures": failures(run_dir, outcome),
-    }
-    html, _ = write_report(report, run_dir / "report", title=f"fedsynth audit: {run_dir.name}")
-    logger.info("audit: %d merchant(s) audited; report %s", len(audits), html)
+    save_local_audits(run_dir, states)
+    report = federated_report(
+        run_dir, artifact, local_audits=states, sample_rows=config.audit_rows, seed=config.seed
+    )
+    html, _ = write_federated_report(
+        report, run_dir / "report", title=f"fedsynth audit: {run_dir.name}"
+    )
+    audited = sorted(m for m, state in states.items() if state == "ok")
+    logger.info("audit: local reports by %s; federated report %s", audited or "nobody", html)
     return html
 
 

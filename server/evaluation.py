@@ -1,31 +1,50 @@
-"""Federated audit: every merchant audits the global synthesizer on its own rows.
+"""Federated audit: merchants audit on their own rows and keep it; the server reports DP only.
 
-Merchants answer with aggregates only (scores, binned shares, ROC points; the reply guard blocks
-long lists). The server combines them into one report: weighted means of the merchants' numbers
-(by their DP row counts), except the empirical epsilon lower bound, which is the maximum, and the
-utility ratio, which is the ratio of the mean TSTR to the mean TRTR (a mean of ratios lets a
-merchant with a weak real baseline, e.g. a skewed share of the target, inflate it past 1).
+After the last round every merchant is sent the final synthesizer (``evaluate``) and writes its
+full audit (fidelity, utility, attacks on its own rows) into a local report that never leaves
+it. The server records who audited (the reply's state, nothing else) and builds its own report
+from what it already holds under DP: the merged releases in ``<run-dir>/releases/`` (a
+synthetic sample scored against them: post-processing) and the merchants' ledgers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
+import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from privacy.audit.dp_fidelity import DP_LABEL, column_fidelity, summarize, table_fidelity
+from privacy.statistics import TableStatistics, release_statistics
+from server.releases import MarginalsRecord, load_releases
 from server.schema_round import wait_for_nodes
-from server.strategy import reply_document, sort_replies
+from server.strategy import sort_replies
 from synth_models.artifact import load_artifact
-from synth_models.federation import AUDIT, CONFIG, DOCUMENT_KEY, OK, dumps
+from synth_models.encoder import statistics_inputs
+from synth_models.federation import CONFIG, DOCUMENT_KEY, FAILED, OK, REFUSED, dumps
+from synth_models.marginals import column_domains, count_marginals, discretize
+from synth_models.schema import TableSchema
+from synth_models.synthesizer import TabularSynthesizer
 
 logger = logging.getLogger(__name__)
+LOCAL_AUDITS = "local-audits.json"  # in the run folder: each merchant's audit state
+LABELS = {
+    "dp_fidelity": DP_LABEL,
+    "claimed": "the synthesizer's guarantee: the largest epsilon over the merchants' ledgers",
+    "ledgers": "each merchant's DP mechanisms (noise multiplier, sample rate, steps)",
+    "rounds": "epsilon each merchant had spent after each round",
+    "failures": "merchants that failed or refused a round (for the audit: the state only)",
+    "merchants": (
+        "who wrote its local audit report: fidelity, utility and attacks on the merchant's own "
+        "rows are the merchant's local view, kept by it and never sent to the server"
+    ),
+}
 
 
-def collect_audits(
+def request_local_audits(
     grid: Grid,
     *,
     artifact: Path,
@@ -33,8 +52,9 @@ def collect_audits(
     min_nodes: int,
     timeout: float,
     owners: dict[str, int],
-) -> tuple[dict, dict]:
-    """Per-merchant audit documents and every merchant's outcome."""
+) -> dict[str, str]:
+    """Send the final synthesizer to every merchant, which audits it on its own rows into its
+    local report; each merchant's state (ok, refused, failed), nothing else from the replies."""
     manifest, weights = load_artifact(artifact)
     content = {
         **document,
@@ -57,57 +77,101 @@ def collect_audits(
         )
         for node in wait_for_nodes(grid, min_nodes, timeout)
     ]
-    accepted, outcome = sort_replies(grid.send_and_receive(messages, timeout=timeout), {}, owners)
-    audits = {name: reply_document(msg, AUDIT) for msg, name in accepted}
-    return {m: a for m, a in audits.items() if a is not None}, outcome
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    _, outcome = sort_replies(replies, {}, owners, sent_to)
+    return {merchant: _state(result.get("state")) for merchant, result in outcome.items()}
 
 
-def combine(audits: dict[str, dict], weights: dict[str, float]) -> dict:
-    """One audit from the merchants': weighted means of numbers and of equal-length number
-    lists (shares, ROC points), the first value of anything else."""
-    names = list(audits)
-    total = sum(weights.get(m, 1.0) for m in names) or 1.0
-    shares = [weights.get(m, 1.0) / total for m in names]
-
-    def merge(values: list):
-        first = values[0]
-        if all(isinstance(v, bool) for v in values):
-            return first
-        if all(isinstance(v, int | float) for v in values):
-            finite = [(v, w) for v, w in zip(values, shares, strict=True) if math.isfinite(v)]
-            weight = sum(w for _, w in finite)
-            return sum(v * w for v, w in finite) / weight if weight else float("nan")
-        if all(isinstance(v, dict) for v in values):
-            keys = [k for k in first if all(k in v for v in values)]
-            return {k: merge([v[k] for v in values]) for k in keys}
-        numeric_lists = (
-            all(isinstance(v, list) for v in values)
-            and len({len(v) for v in values}) == 1
-            and all(isinstance(x, int | float) for v in values for x in v)
-        )
-        if numeric_lists:
-            return [merge([v[i] for v in values]) for i in range(len(first))]
-        return first
-
-    combined = merge([audits[m] for m in names])
-    bounds = [
-        a.get("attack", {}).get("empirical_epsilon", {}).get("epsilon_lower_bound")
-        for a in audits.values()
-    ]
-    bounds = [b for b in bounds if b is not None]
-    if bounds and "attack" in combined:
-        combined["attack"].setdefault("empirical_epsilon", {})["epsilon_lower_bound"] = max(bounds)
-    utility = combined.get("utility")
-    if isinstance(utility, dict) and "ratio" in utility:
-        utility["ratio"] = _utility_ratio(utility.get("tstr"), utility.get("trtr"))
-    return combined
+def _state(value) -> str:
+    return value if value in (OK, REFUSED, FAILED) else FAILED
 
 
-def _utility_ratio(tstr, trtr) -> float | None:
-    """TSTR / TRTR of the combined (weighted mean) scores, as ``privacy.audit.utility``
-    defines it for one table (None without a positive TRTR)."""
-    numbers = all(isinstance(v, int | float) and math.isfinite(v) for v in (tstr, trtr))
-    return tstr / trtr if numbers and trtr > 0 else None
+def save_local_audits(run_dir: Path, states: dict[str, str]) -> None:
+    (run_dir / LOCAL_AUDITS).write_text(json.dumps(states, indent=1, sort_keys=True))
+
+
+def load_local_audits(run_dir: Path) -> dict[str, str]:
+    path = run_dir / LOCAL_AUDITS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def synthetic_statistics(synthetic: pd.DataFrame, schema: TableSchema) -> TableStatistics:
+    """The statistics the schema round releases, computed exactly (no noise) on synthetic rows:
+    the same categories and grid bins as the DP release."""
+    stats, _ = release_statistics(
+        statistics_inputs(synthetic, schema, source="synthetic sample"),
+        noise_multiplier=0.0,
+        threshold_delta=0.0,
+    )
+    return stats
+
+
+def marginal_fidelity(record: MarginalsRecord, synthetic: pd.DataFrame) -> dict:
+    """The synthetic rows' count tables on the release's cliques and domains, scored against
+    the release's noisy tables."""
+    domains = column_domains(record.encoder, max_bins=record.max_bins)
+    codes = discretize(synthetic, record.encoder, domains, source="synthetic sample")
+    release = record.release
+    counts = count_marginals(codes, [d.size for d in domains], release.cliques)
+    names = ["|".join(domains[j].name for j in clique) for clique in release.cliques]
+    for name, noisy, synthetic_counts in zip(names, release.tables, counts, strict=True):
+        if noisy.shape != synthetic_counts.shape:
+            raise ValueError(f"{name}: the release's table does not fit its domains")
+    return table_fidelity(
+        dict(zip(names, release.tables, strict=True)),
+        dict(zip(names, counts, strict=True)),
+        noise_var=release.noise_var,
+        contributors=release.contributors,
+    )
+
+
+def release_fidelity(
+    statistics: TableStatistics | None,
+    marginals: dict[str, MarginalsRecord],
+    synthetic: pd.DataFrame,
+    schema: TableSchema,
+) -> dict:
+    """Fidelity of ``synthetic`` against the DP releases the server holds (post-processing)."""
+    blocks = {}
+    if statistics is not None:
+        blocks["statistics"] = column_fidelity(statistics, synthetic_statistics(synthetic, schema))
+    for name, record in marginals.items():
+        blocks[name] = marginal_fidelity(record, synthetic)
+    return summarize(blocks)
+
+
+def federated_report(
+    run_dir: Path,
+    artifact: Path,
+    *,
+    local_audits: dict[str, str],
+    sample_rows: int,
+    seed: int,
+) -> dict:
+    """The server's report document: fidelity against the persisted DP releases, the claim,
+    the ledgers, epsilon per round, failures and who audited locally. Nothing in it was
+    computed on a real row outside a DP release."""
+    synth = TabularSynthesizer.load(artifact)
+    statistics, marginals = load_releases(run_dir)
+    if statistics is None and not marginals:
+        logger.warning("audit: no DP releases in %s: no DP fidelity", run_dir / "releases")
+    synthetic = synth.sample(sample_rows, seed=seed)
+    return {
+        "kind": "federated",
+        "labels": LABELS,
+        "dp_fidelity": release_fidelity(statistics, marginals, synthetic, synth.encoder_.schema),
+        "claimed": {
+            "epsilon": synth.epsilon_spent,
+            "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
+        },
+        "ledgers": {m: lg.state_dict() for m, lg in synth.ledgers_.items()},
+        "rounds": rounds_epsilon(run_dir),
+        "failures": failures(run_dir, {m: {"state": s} for m, s in local_audits.items()}),
+        "merchants": {
+            m: {"state": s, "local_report": s == OK} for m, s in sorted(local_audits.items())
+        },
+    }
 
 
 def rounds_epsilon(run_dir: Path) -> list[dict]:

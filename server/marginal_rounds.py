@@ -43,12 +43,15 @@ ROUNDS = {SELECTION: 1, MEASUREMENT: 2}
 
 @dataclass
 class MarginalRounds:
-    """What the two rounds produced: the fitted model's state, the tree and a log entry per
-    round (``round``, ``phase``, each merchant's outcome)."""
+    """What the two rounds produced: the fitted model's state, the tree, a log entry per
+    round (``round``, ``phase``, each merchant's outcome) and the two summed releases the model
+    was fitted from (over the merchants that answered both), each with the encoder (as a dict)
+    it was measured on."""
 
     weights: dict
     tree: list[Clique]
     round_log: list[dict] = field(default_factory=list)
+    releases: dict[str, tuple[MarginalRelease, dict]] = field(default_factory=dict)
 
 
 def marginal_round(
@@ -108,6 +111,7 @@ def run_marginal_rounds(
 ) -> MarginalRounds:
     """Selection, measurement and fit (see the module docstring)."""
     document = {**document, "encoder": encoder.to_dict(), "schema": encoder.schema.to_dict()}
+    encoders = {SELECTION: document["encoder"]}
     nodes = wait_for_nodes(grid, min_nodes, timeout)
     selected, outcome = marginal_round(
         grid,
@@ -124,6 +128,7 @@ def run_marginal_rounds(
     # measurement round is sent the encoder that describes them.
     structure = choose_structure(model, summed)
     document = {**document, "encoder": encoder.to_dict()}
+    encoders[MEASUREMENT] = document["encoder"]
     logger.info("marginals: structure %s", structure.describe(model))
     measured, outcome = marginal_round(
         grid,
@@ -140,4 +145,12 @@ def run_marginal_rounds(
     measurement = _sum({m: measured[m] for m in both}, MEASUREMENT, min_replies)
     fit_structure(model, structure, selection, measurement)
     logger.info("marginals: model fitted from %d merchant(s)", len(both))
-    return MarginalRounds(weights=model.state_dict(), tree=structure.tree, round_log=log)
+    return MarginalRounds(
+        weights=model.state_dict(),
+        tree=structure.tree,
+        round_log=log,
+        releases={
+            SELECTION: (selection, encoders[SELECTION]),
+            MEASUREMENT: (measurement, encoders[MEASUREMENT]),
+        },
+    )

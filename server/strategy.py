@@ -178,6 +178,9 @@ def sort_replies(
         if ledger is not None:
             ledgers[merchant] = ledger
         result = {k: v for k, v in status.items() if k != "merchant"}
+        if "code" in status:  # merchants say why by a code (and a schema column) only
+            column = status.get("column")
+            result["reason"] = status["code"] + (f" (column {column!r})" if column else "")
         if status.get("state") == OK:
             accepted.append((msg, merchant))
             metrics = msg.content.metric_records.get(METRICS)

@@ -80,6 +80,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one DP synthesizer on one table, write artifact, sample and audit scores."""
     from privacy.audit import quality_scores
+    from privacy.report import LOCAL_VIEW
     from synth_models.synthesizer import TabularSynthesizer
     from synth_models.training import TrainingConfig
 
@@ -113,7 +114,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     synth.save(run_dir / "synthesizer")
     synthetic = synth.sample(args.rows or len(dataset.table), seed=args.seed)
     synthetic.to_csv(run_dir / "synthetic.csv", index=False)
+    # The owner's local view (exact row count, scores on its rows): beside the artifact, never
+    # in it, since the synthesizer is what gets shared.
     audit = {
+        "view": LOCAL_VIEW,
         "dataset": dataset.name,
         "rows": len(dataset.table),
         "fit_seconds": fit_seconds,
@@ -205,7 +209,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.run:
-        html = audit_run_folder(Path(args.run), target=args.target, out=args.out)
+        html = audit_run_folder(Path(args.run), out=args.out)
     else:
         if not (args.real and args.metadata and (args.synthetic or args.synthesizer)):
             raise SystemExit(
@@ -241,52 +245,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_run_folder(run_dir: Path, *, target: str | None, out: str | None) -> Path:
-    """What the merchants of a simulation computed, recomputed from the run folder."""
-    from client.app import _seed
-    from client.merchant import audit_round, holdout_split, load_merchant_table
-    from privacy.report import write_report
-    from server.evaluation import combine, failures, rounds_epsilon
+def audit_run_folder(run_dir: Path, *, out: str | None) -> Path:
+    """The federated (DP-only) report of a run folder, recomputed from what its server kept:
+    the DP releases in ``releases/``, the ledgers, the rounds log and who audited locally."""
+    from privacy.report import write_federated_report
+    from server.app import ARTIFACT
+    from server.evaluation import federated_report, load_local_audits
     from synth_models.artifact import load_artifact
-    from synth_models.encoder import TableEncoder
 
-    manifest, weights = load_artifact(run_dir / "synthesizer")
-    config = json.loads((run_dir / "config.json").read_text())
-    fraction = float(config.get("holdout", 0.2))
-    encoder = TableEncoder.from_dict(manifest["encoder"])
-    ledgers = manifest["privacy"]["ledgers"]
-    audits = {}
-    for path in sorted((run_dir / "merchants").glob("merchant-*")):
-        merchant = path.name.split(".")[0]
-        table = load_merchant_table(path, encoder.schema)
-        train, holdout = holdout_split(table, fraction, seed=_seed(merchant, "holdout"))
-        ledger = ledgers.get(merchant, {})
-        audits[merchant] = audit_round(
-            train,
-            holdout,
-            metadata=manifest["metadata"],
-            encoder=encoder,
-            weights=weights,
-            model=manifest["model"],
-            model_options=manifest["model_options"],
-            claimed={"epsilon": ledger.get("epsilon"), "delta": ledger.get("delta")},
-            target=target or config["run_config"].get("target") or None,
-            sensitive_columns=[],
-            sample_rows=20_000,
-            seed=_seed(config["seed"], merchant, "audit"),
-        )
-    report = {
-        **combine(audits, {}),
-        "claimed": {
-            "epsilon": manifest["privacy"]["epsilon"],
-            "delta": manifest["privacy"]["delta"],
-        },
-        "ledgers": ledgers,
-        "rounds": rounds_epsilon(run_dir),
-        "merchants": audits,
-        "failures": failures(run_dir, {}),
-    }
-    html, _ = write_report(report, Path(out) if out else run_dir / "report")
+    manifest, _ = load_artifact(run_dir / ARTIFACT)
+    config = manifest.get("federation", {}).get("config", {})
+    report = federated_report(
+        run_dir,
+        run_dir / ARTIFACT,
+        local_audits=load_local_audits(run_dir),
+        sample_rows=int(config.get("audit_rows", 20_000)),
+        seed=int(config.get("seed", 0)),
+    )
+    html, _ = write_federated_report(
+        report, Path(out) if out else run_dir / "report", title=f"fedsynth audit: {run_dir.name}"
+    )
     return html
 
 
@@ -363,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=cmd_simulate)
 
     audit = sub.add_parser("audit", help="audit report (HTML + JSON) for a run or a table pair")
-    audit.add_argument("run", nargs="?", help="a simulation run folder")
-    audit.add_argument("--real", help="real table (CSV/Parquet) for a one-table audit")
+    audit.add_argument(
+        "run", nargs="?", help="a run folder: its federated report, from the DP releases it kept"
+    )
+    audit.add_argument(
+        "--real", help="real table (CSV/Parquet) for a one-table audit (the owner's local view)"
+    )
     audit.add_argument("--holdout", help="real rows not used for training (non-members)")
     audit.add_argument("--synthetic", help="synthetic table to audit")
     audit.add_argument("--synthesizer", help="or a synthesizer artifact to sample from")

@@ -5,7 +5,9 @@ part into merchants (IID, Dirichlet over a column, or a natural column), each me
 table is written to ``<run>/merchants/`` (standing in for its own premises), and Flower's
 simulation engine runs the same ServerApp and ClientApp as a deployment would. The run
 folder then holds the artifact, per-round metrics, merchants' ledgers, a synthetic sample, the
-audit scores, the resolved configuration and the logs.
+audit scores, the resolved configuration and the logs. ``<run>/state/`` stands in for the
+merchants' own storage: their ledgers and their local audit reports
+(``<merchant>-audit/report.html``), which a real merchant never sends.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from client.policy import MerchantPolicy
 from simulations.datasets import Dataset
 from simulations.partition import (
     describe_partitions,
@@ -84,14 +87,16 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
             default=str,
         )
     )
+    state_dir = run_dir / "state"  # the merchants' premises: ledgers and local audit reports
     started = time.perf_counter()
     run_simulation(
         server_app=make_server_app(overrides),
         client_app=make_client_app(
             data_dir=str((run_dir / "merchants").resolve()),
-            state_dir=str((run_dir / "state").resolve()),
+            state_dir=str(state_dir.resolve()),
             torch_threads=1,
             holdout_fraction=settings.holdout,
+            policy=simulated_policy(overrides),
         ),
         num_supernodes=len(parts),
         backend_config={
@@ -110,12 +115,37 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
         "epsilon": synth.epsilon_spent,
         "epsilon_per_merchant": {m: lg.epsilon() for m, lg in synth.ledgers_.items()},
         "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
-        # Scored here against all merchants' rows pooled, which only a simulation can do; the
-        # federated audit in report/ is what merchants computed on their own rows.
+        # Scored here against all merchants' rows pooled, which only a simulation can do.
         **quality_scores(dataset.table, synthetic, dataset.metadata, dataset.table_name),
-        "report": str(run_dir / "report" / "report.html")
-        if (run_dir / "report" / "report.html").exists()
-        else None,
+        "pooled_scores": (
+            "simulation only: quality, quality_all_pairs, quality_properties and diagnostic are "
+            "SDMetrics scores against every merchant's rows pooled, which no party of a real "
+            "federation holds"
+        ),
+        # The server's report: DP releases and ledgers only.
+        "report": _existing(run_dir / "report" / "report.html"),
+        # Each merchant's full audit on its own rows, on its premises (here: the state dir).
+        "local_reports": {
+            path.parent.name.removesuffix("-audit"): str(path)
+            for path in sorted(state_dir.glob("*-audit/report.html"))
+        },
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.exists() else None
+
+
+def simulated_policy(run_config: dict) -> MerchantPolicy:
+    """The simulated merchants' own policy: the run's budget and delta, and the run's metadata
+    file as the public schema they answer for (one person plays server and merchants)."""
+    from server.config import FederationConfig
+
+    config = FederationConfig.from_run_config(run_config)
+    return MerchantPolicy.for_run(
+        epsilon=config.epsilon,
+        delta=config.delta,
+        metadata_path=str(config.resolve(config.metadata_path)),
+    )

@@ -520,7 +520,7 @@ class TableEncoder:
                     keep &= ~np.isnan(array)
                 blocks.append(t.encode(array))
         if not keep.all():
-            logger.info(
+            logger.debug(  # exact counts: the owner's own debug log only
                 "%d of %d rows hold values outside the DP domain and are not used",
                 int((~keep).sum()),
                 len(data),

@@ -23,6 +23,8 @@ DOCUMENT_KEY = "json"
 
 STATISTICS_MESSAGE = "query.statistics"
 MARGINALS_MESSAGE = "query.marginals"
+TRAIN_MESSAGE = "train"
+EVALUATE_MESSAGE = "evaluate"
 REPLY_DOCUMENTS = (STATISTICS, LEDGER, STATUS, AUDIT, MARGINALS)
 # An audit document holds aggregates: binned shares, ROC points, scores. A longer list than this
 # would be per-row data, and the guard blocks it.
@@ -42,6 +44,26 @@ REPLY_METRICS = (
 )
 
 OK, REFUSED, FAILED = "ok", "refused", "failed"
+# What a status may say: a state and one of these codes, never free text (a reason written on
+# real rows, e.g. "1 value outside [0, 50]" or a cell value, would leave the merchant). The full
+# message stays in the merchant's own log.
+REASON_CODES = (
+    "done",  # ok replies
+    "budget-exhausted",
+    "epsilon-above-policy",
+    "delta-above-policy",
+    "non-private-refused",
+    "model-not-allowed",
+    "message-not-allowed",
+    "ledger-path-required",
+    "ledger-locked",
+    "schema-mismatch",
+    "bad-request",
+    "bad-input",
+    "internal-error",
+    "reply-blocked",
+)
+STATUS_KEYS = frozenset({"state", "merchant", "code", "column"})
 
 
 def dumps(document: Any) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from privacy.ledger import BudgetExceededError, PrivacyLedger
+from privacy.noise import NoiseSource
 from synth_models.encoder import grid_for
 from synth_models.marginal_model import MarginalModel, orient_tree, sampling_order
 from synth_models.marginals import (
@@ -56,14 +57,14 @@ def release_marginals(
     ledger: PrivacyLedger | None,
     phase: str,
     tree: list[Clique] | None = None,
-    rng: np.random.Generator,
     source: str | None = None,
     target_epsilon: float | None = None,
+    noise: NoiseSource | None = None,
 ) -> MarginalRelease:
     """This owner's noisy marginals for ``phase`` (selection: all pairs; measurement: the
     ``tree``), recorded in ``ledger`` (None: exact counts, no DP). The two phases together end
     at ``target_epsilon`` (default: the ledger's budget). Raises BudgetExceededError, before
-    touching a row, when the budget cannot pay for it."""
+    touching a row, when the budget cannot pay for it. ``noise``: see ``measure_marginals``."""
     if phase == SELECTION:
         cliques = all_pairs(len(model.sizes))
     else:
@@ -78,7 +79,7 @@ def release_marginals(
             f"{ledger.epsilon_budget:.4f}); refusing the marginals' {phase}"
         )
     try:
-        noise = plan_noise_multiplier(
+        multiplier = plan_noise_multiplier(
             ledger,
             phase=phase,
             selection_share=model.selection_share,
@@ -87,7 +88,9 @@ def release_marginals(
     except ValueError as exc:  # what is left cannot pay for a useful release
         raise BudgetExceededError(f"{ledger.owner!r}: {exc}; refusing the marginals") from exc
     codes = discretize(data, model.encoder, model.domains, source=source)
-    if len(codes) == 0:
+    # Under DP no fitting row is released as noisy zeros: an error would tell a server that
+    # crafted the encoder's domains that no row holds the values it guessed.
+    if len(codes) == 0 and ledger is None:
         raise DataError("no row fits the shared encoder", source=source)
     label = SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL
     atoms = (
@@ -99,11 +102,11 @@ def release_marginals(
         codes,
         sizes=model.sizes,
         cliques=cliques,
-        noise_multiplier=noise,
-        rng=rng,
+        noise_multiplier=multiplier,
         label=label,
         atom_counts=atoms,
         atom_weight=model.atom_weight,
+        noise=noise,
     )
     if ledger is not None:
         ledger.check([record])
@@ -112,7 +115,7 @@ def release_marginals(
         "marginals %s: %d tables, noise multiplier %.3f (std per cell %.2f)",
         phase,
         release.num_tables,
-        noise,
+        multiplier,
         release.noise_var**0.5,
     )
     return release
@@ -181,15 +184,15 @@ def fit_marginal_model(
     data: pd.DataFrame,
     *,
     ledger: PrivacyLedger | None,
-    rng: np.random.Generator,
     source: str | None = None,
     target_epsilon: float | None = None,
+    noise: NoiseSource | None = None,
 ) -> list[dict]:
     """Fit ``model`` on one owner's table: select, measure, estimate (spending up to
     ``target_epsilon``, default the whole budget). Returns a history."""
     release = functools.partial(
-        release_marginals, data, model=model, ledger=ledger, rng=rng, source=source,
-        target_epsilon=target_epsilon,
+        release_marginals, data, model=model, ledger=ledger, source=source,
+        target_epsilon=target_epsilon, noise=noise,
     )  # fmt: skip
     selection = release(phase=SELECTION)
     structure = choose_structure(model, selection)

@@ -8,9 +8,10 @@ post-processing). Either way the discretization is known to everyone before a ro
 
 A release measures the count tables of ``k`` cliques (one column or a pair) at once. Each row
 adds exactly 1 to one cell of every table, so the tables together have L2 sensitivity
-``sqrt(k)`` under adding or removing a row, and one Gaussian mechanism with noise
+``sqrt(k)`` under adding or removing a row, and one discrete Gaussian mechanism with noise
 ``noise_multiplier * sqrt(k)`` per cell covers them: one ledger record, ``sample_rate = 1``,
-one step. Releases are additive: merchants' tables and noise variances sum.
+one step. The noise is integer and comes from a source nobody else can seed
+(``privacy.noise``). Releases are additive: merchants' tables and noise variances sum.
 
 Pair selection (as in MST) keeps the maximum spanning tree of the pairs' mutual information,
 computed from noisy pair tables only: post-processing of a DP release, in a federation of the
@@ -27,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from privacy.calibration import calibrate_noise_multiplier
-from privacy.ledger import MechanismRecord, PrivacyLedger
+from privacy.ledger import DISCRETE_GAUSSIAN, MechanismRecord, PrivacyLedger
+from privacy.noise import NoiseSource, SecureNoise
 from synth_models.encoder import (
     END_ATOM_MASS,
     CategoricalTransform,
@@ -219,14 +221,15 @@ def measure_marginals(
     sizes: list[int],
     cliques: list[Clique],
     noise_multiplier: float,
-    rng: np.random.Generator,
     label: str,
     atom_counts: dict[str, np.ndarray] | None = None,
     atom_weight: float = 1.0,
+    noise: NoiseSource | None = None,
 ) -> tuple[MarginalRelease, MechanismRecord]:
-    """One Gaussian release of the count tables of ``cliques`` (and of the exact atom-grid
-    1-way counts ``atom_counts``, each row adding at most 1 to each, with noise variance
-    ``noise_var / atom_weight``) and its ledger record."""
+    """One discrete Gaussian release of the count tables of ``cliques`` (and of the exact
+    atom-grid 1-way counts ``atom_counts``, each row adding at most 1 to each, with noise
+    variance ``noise_var / atom_weight``) and its ledger record. The noise comes from
+    ``noise`` (default: ``SecureNoise()``; ``SeededNoise`` is for tests only)."""
     if noise_multiplier < 0:
         raise ValueError("noise_multiplier must be >= 0 (0: exact counts, no DP)")
     if not cliques:
@@ -234,14 +237,31 @@ def measure_marginals(
     atom_counts = atom_counts or {}
     if atom_weight <= 0:
         raise ValueError("atom_weight must be > 0")
+    noise = SecureNoise() if noise is None else noise
     # Each table has sensitivity 1; a table with noise std / sqrt(w) counts w times in the
-    # release's RDP (alpha / 2 * sum of 1 / std_i^2), so ``k + w * atoms`` tables' worth.
-    std = noise_multiplier * math.sqrt(len(cliques) + atom_weight * len(atom_counts))
-    tables = [t + rng.normal(0.0, std, t.shape) for t in count_marginals(codes, sizes, cliques)]
+    # release's RDP (alpha / 2 * sum of 1 / std_i^2, exact for independent discrete Gaussian
+    # cells too), so ``k + w * atoms`` tables' worth: that is the recorded L2 sensitivity.
+    sensitivity = math.sqrt(len(cliques) + atom_weight * len(atom_counts))
+    std = noise_multiplier * sensitivity
     atom_std = std / math.sqrt(atom_weight)
-    atoms = [c + rng.normal(0.0, atom_std, c.shape) for c in atom_counts.values()]
+
+    def noisy(counts: np.ndarray, sigma: float) -> np.ndarray:
+        counts = np.asarray(counts).astype(np.int64)  # numbers of rows
+        return (counts + noise.discrete_gaussian(sigma, counts.shape)).astype(float)
+
+    tables = [noisy(t, std) for t in count_marginals(codes, sizes, cliques)]
+    atoms = [noisy(c, atom_std) for c in atom_counts.values()]
     release = MarginalRelease(list(cliques), tables, std**2, 1, atoms)
-    return release, MechanismRecord(label, noise_multiplier, 1.0, 1)
+    record = MechanismRecord(
+        label,
+        noise_multiplier,
+        1.0,
+        1,
+        mechanism=DISCRETE_GAUSSIAN,
+        l2_sensitivity=sensitivity,
+        dimension=sum(t.size for t in tables) + sum(a.size for a in atoms),
+    )
+    return release, record
 
 
 # -- the numeric columns' own values ------------------------------------------------------------
@@ -320,10 +340,10 @@ def plan_noise_multiplier(
     target_epsilon: float | None = None,
 ) -> float:
     """Noise of the next marginal release, so that selection then measurement end exactly at
-    the ledger's budget. Both are Gaussian (``sample_rate = 1``), whose RDP is ``alpha / (2
-    sigma^2)``: the remaining budget is one Gaussian of noise ``s`` split into ``1/s^2 =
-    share/s^2 + (1 - share)/s^2``. Selection takes ``share`` of it; measurement takes what is
-    left, calibrated on the ledger itself (0 without a ledger: exact counts). Both end at
+    the ledger's budget. Both are discrete Gaussian (``sample_rate = 1``), whose RDP is
+    ``alpha / (2 sigma^2)``: the remaining budget is one release of noise ``s`` split into
+    ``1/s^2 = share/s^2 + (1 - share)/s^2``. Selection takes ``share`` of it; measurement takes
+    what is left, calibrated on the ledger itself (0 without a ledger: exact counts). Both end at
     ``target_epsilon`` instead when given (a share of the budget, e.g. for a warm start)."""
     if phase not in (SELECTION, MEASUREMENT):
         raise ValueError(f"unknown phase {phase!r}")
@@ -335,7 +355,7 @@ def plan_noise_multiplier(
     target = ledger.epsilon_budget if target_epsilon is None else target_epsilon
     remaining = calibrate_noise_multiplier(
         ledger, target_epsilon=min(target, ledger.epsilon_budget), sample_rate=1.0, steps=1,
-        label=label,
+        label=label, mechanism=DISCRETE_GAUSSIAN,
     )  # fmt: skip
     return remaining / math.sqrt(selection_share) if phase == SELECTION else remaining
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from privacy.calibration import calibrate_noise_multiplier, gaussian_noise_multiplier
-from privacy.ledger import PrivacyLedger
+from privacy.ledger import DISCRETE_GAUSSIAN, PrivacyLedger
+from privacy.noise import NoiseSource
 from privacy.statistics import TableStatistics, release_statistics
 from synth_models.artifact import ArtifactError, load_artifact, save_artifact
 from synth_models.encoder import TableEncoder, statistics_inputs
@@ -80,18 +81,21 @@ def release_encoder_statistics(
     ledger: PrivacyLedger,
     *,
     epsilon: float,
-    rng: np.random.Generator,
     source: str | None = None,
+    noise: NoiseSource | None = None,
 ) -> TableStatistics:
-    """Release this owner's DP column statistics costing ``epsilon`` alone; record it."""
+    """Release this owner's DP column statistics costing ``epsilon`` alone; record it. The
+    noise comes from ``noise`` (default ``SecureNoise()``; ``SeededNoise`` for tests only)."""
     threshold_delta = ledger.delta * THRESHOLD_DELTA_SHARE
-    noise = gaussian_noise_multiplier(epsilon=epsilon, delta=ledger.delta - threshold_delta)
+    multiplier = gaussian_noise_multiplier(
+        epsilon=epsilon, delta=ledger.delta - threshold_delta, mechanism=DISCRETE_GAUSSIAN
+    )
     inputs = statistics_inputs(data, schema, source=source)
     stats, record = release_statistics(
         inputs,
-        noise_multiplier=noise,
+        noise_multiplier=multiplier,
         threshold_delta=threshold_delta,
-        rng=rng,
+        noise=noise,
         label=STATISTICS_LABEL,
     )
     ledger.check([record])
@@ -167,7 +171,6 @@ class TabularSynthesizer:
                 schema,
                 ledger,
                 epsilon=self.epsilon * self.statistics_share,
-                rng=rng,
                 source=source,
             )
         else:
@@ -176,15 +179,12 @@ class TabularSynthesizer:
                 statistics_inputs(data, schema, source=source),
                 noise_multiplier=0.0,
                 threshold_delta=0.0,
-                rng=rng,
             )
         self.encoder_ = TableEncoder.from_statistics(schema, stats)
         torch.manual_seed(int(rng.integers(2**31)))
         if self.model == "marginal":
             self.model_ = build_model(self.model, self.encoder_, self.model_options)
-            self.history_ = fit_marginal_model(
-                self.model_, data, ledger=ledger, rng=rng, source=source
-            )
+            self.history_ = fit_marginal_model(self.model_, data, ledger=ledger, source=source)
             self.ledgers_ = {} if ledger is None else {"local": ledger}
             return self
         marginal = None
@@ -193,9 +193,7 @@ class TabularSynthesizer:
             target = warm_start_target(
                 self.epsilon, statistics_share=self.statistics_share, config=self.training
             )
-            fit_marginal_model(
-                marginal, data, ledger=ledger, rng=rng, source=source, target_epsilon=target
-            )
+            fit_marginal_model(marginal, data, ledger=ledger, source=source, target_epsilon=target)
             self.encoder_ = network_encoder(marginal)
         self.model_ = build_model(self.model, self.encoder_, self.model_options)
         rows = self.encoder_.transform(data, source=source)

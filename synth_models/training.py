@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from privacy.ledger import MechanismRecord, PrivacyLedger
+from privacy.noise import NoiseSource
 from synth_models.dp import make_training_parts, planned_sample_rate, row_loader
 from synth_models.gan import GANModel, discriminator_step, generator_step
 from synth_models.vae import ELBOLoss, VAEModel, vae_step
@@ -89,13 +90,16 @@ def train_local(
     seed: int | None = None,
     on_epoch: EpochCallback | None = None,
     public_rows: float | None = None,
+    noise: NoiseSource | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; DP-SGD when ``noise_multiplier`` is given (checked against and
     recorded in ``ledger``), plain SGD otherwise. Returns per-epoch mean losses.
 
     ``public_rows`` (a DP row count) sets the Poisson sample rate and the gradient averaging
-    under DP; without it the exact number of rows is used, as Opacus does."""
-    if len(rows) == 0:
+    under DP; without it the exact number of rows is used, as Opacus does. Under DP the
+    Poisson batches and the gradient noise come from ``noise`` (default ``SecureNoise()``);
+    ``seed`` only drives what needs no secrecy (shuffles, latent noise, fake rows)."""
+    if len(rows) == 0 and noise_multiplier is None:  # under DP: noise-only steps, still DP
         raise ValueError("no rows to train on")
     generator = torch.Generator().manual_seed(
         int(seed) if seed is not None else int(torch.seed() % 2**62)
@@ -106,13 +110,10 @@ def train_local(
         ledger.check([planned_record(planning_rows, config, noise_multiplier)])
     data = torch.as_tensor(rows, dtype=torch.float32)
     loader = row_loader(data, batch_size=batch_size_for(planning_rows, config), generator=generator)
-    noise_generator = torch.Generator().manual_seed(
-        int(torch.randint(2**62, (1,), generator=generator))
-    )
     dp = {
         "noise_multiplier": noise_multiplier,
         "ledger": ledger,
-        "noise_generator": noise_generator,
+        "noise": noise,
         "sample_rate": sample_rate,
         "expected_batch_size": sample_rate * planning_rows,
     }

@@ -35,6 +35,7 @@ def simulate(settings: local.DeploymentSettings) -> dict:
 
     from client.app import make_client_app
     from server.app import make_server_app
+    from simulations.runner import simulated_policy
 
     run_dir = Path(settings.out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,7 @@ def simulate(settings: local.DeploymentSettings) -> dict:
             state_dir=str(run_dir / "state"),
             torch_threads=1,
             holdout_fraction=settings.holdout_fraction,
+            policy=simulated_policy(overrides),
         ),
         num_supernodes=settings.merchants,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},

@@ -6,12 +6,17 @@ What is measured: wall-clock milliseconds per training step of fedsynth's own st
 ``TableEncoder`` built from exact (non-private) statistics. Groups, each timed on its own:
 
 * ``gan-full``: a whole GAN step (critic step + generator step through the frozen critic), plain
-  vs DP with Opacus ghost clipping (what ``make_training_parts`` builds);
+  vs DP with Opacus ghost clipping (what ``make_training_parts`` builds: its Gaussian noise from
+  ``SecureNoise``, the OS CSPRNG) vs the same with Opacus' own noise from a seeded torch
+  generator (``dp-ghost-torch-rng``, what fedsynth did before: not private against whoever
+  knows the seed; shown for the cost of secure noise);
 * ``gan-critic``: the critic step alone (the only part that is DP-trained), plain vs ghost
-  clipping vs Opacus' default ``grad_sample_mode="hooks"`` (per-sample gradients materialized);
-* ``vae``: a VAE step (the whole model is DP-trained), plain vs ghost vs hooks;
-* ``sampling``: drawing one batch from the loader, shuffled (plain) vs Opacus' Poisson sampler
-  (DP), for scale; the model steps above get fixed batches and do not include it.
+  clipping (secure and torch-RNG noise) vs Opacus' default ``grad_sample_mode="hooks"``
+  (per-sample gradients materialized; torch-RNG noise);
+* ``vae``: a VAE step (the whole model is DP-trained), plain vs ghost (both noises) vs hooks;
+* ``sampling``: drawing one batch from the loader, shuffled (plain) vs fedsynth's Poisson sampler
+  (masks from ``SecureNoise``) vs Opacus' (torch generator), for scale; the model steps above
+  get fixed batches and do not include it.
 
 How: every variant gets its own copy of one freshly initialized model (same weights), its own
 Adam optimizers (``TrainingConfig`` defaults) and its own ``torch.Generator`` with the same
@@ -40,9 +45,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from torch import nn
 
 from privacy.ledger import PrivacyLedger
@@ -75,8 +80,8 @@ GROUP_TITLES = {
     "vae": "VAE step",
     "sampling": "batch sampling (loader)",
 }
-PLAIN, GHOST, HOOKS = "plain", "dp-ghost", "dp-hooks"
-SHUFFLED, POISSON = "shuffled", "poisson"
+PLAIN, GHOST, GHOST_TORCH, HOOKS = "plain", "dp-ghost", "dp-ghost-torch-rng", "dp-hooks"
+SHUFFLED, POISSON, POISSON_TORCH = "shuffled", "poisson", "poisson-torch-rng"
 
 
 @dataclass
@@ -97,7 +102,6 @@ def encoded_rows(seed: int) -> tuple[TableEncoder, torch.Tensor]:
         statistics_inputs(dataset.table, schema),
         noise_multiplier=0.0,
         threshold_delta=0.0,
-        rng=np.random.default_rng(seed),
     )
     encoder = TableEncoder.from_statistics(schema, stats)
     rows = torch.as_tensor(encoder.transform(dataset.table), dtype=torch.float32)
@@ -128,10 +132,11 @@ def _parts(
     max_grad_norm: float,
     seed: int,
 ) -> tuple[TrainingParts, PrivacyLedger | None]:
-    """Plain or ghost parts from ``make_training_parts``; hooks parts from Opacus directly."""
+    """Plain or ghost parts from ``make_training_parts`` (ghost with torch-RNG noise: Opacus'
+    own ``add_noise`` and ``DPDataLoader`` put back); hooks parts from Opacus directly."""
     loader = row_loader(rows, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     noise_generator = torch.Generator().manual_seed(seed + 1)
-    if mode in (PLAIN, GHOST):
+    if mode in (PLAIN, GHOST, GHOST_TORCH):
         ledger = None if mode == PLAIN else _ledger()
         parts = make_training_parts(
             module=module,
@@ -142,8 +147,16 @@ def _parts(
             max_grad_norm=max_grad_norm,
             ledger=ledger,
             label=TRAINING_LABEL,
-            noise_generator=noise_generator,
         )
+        if mode == GHOST_TORCH:
+            del parts.optimizer.add_noise  # the class's: torch.normal with its generator
+            parts.optimizer.generator = noise_generator
+            parts.loader = DPDataLoader(
+                loader.dataset,
+                sample_rate=parts.sample_rate,
+                generator=noise_generator,
+                collate_fn=loader.collate_fn,
+            )
         return parts, ledger
     if mode != HOOKS:
         raise ValueError(f"unknown mode {mode!r}")
@@ -188,7 +201,7 @@ def build_group(
     if group in ("gan-full", "gan-critic"):
         base = GANModel(encoder)
         base.train()
-        modes = (PLAIN, GHOST) if group == "gan-full" else (PLAIN, GHOST, HOOKS)
+        modes = (PLAIN, GHOST, GHOST_TORCH) + (() if group == "gan-full" else (HOOKS,))
         variants = []
         for mode in modes:
             model = copy.deepcopy(base)
@@ -225,7 +238,7 @@ def build_group(
         base = VAEModel(encoder)
         base.train()
         variants = []
-        for mode in (PLAIN, GHOST, HOOKS):
+        for mode in (PLAIN, GHOST, GHOST_TORCH, HOOKS):
             model = copy.deepcopy(base)
             optimizer = torch.optim.Adam(
                 model.parameters(), lr=config.vae_lr, weight_decay=config.weight_decay
@@ -239,7 +252,7 @@ def build_group(
         # Only the loaders matter here; a critic is needed to let Opacus wrap them.
         base = GANModel(encoder)
         variants = []
-        for mode, name in ((PLAIN, SHUFFLED), (GHOST, POISSON)):
+        for mode, name in ((PLAIN, SHUFFLED), (GHOST, POISSON), (GHOST_TORCH, POISSON_TORCH)):
             model = copy.deepcopy(base)
             optimizer = torch.optim.Adam(model.discriminator.parameters())
             parts, _ = _parts(

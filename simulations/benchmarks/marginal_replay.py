@@ -3,8 +3,10 @@
 It runs what the merchants and the server run for ``model = "marginal"`` (statistics,
 selection, structure and rebinning, measurement, fit; the same functions as
 ``client.merchant`` and ``server.marginal_rounds``, each merchant with its own ledger and
-noise) without Flower and Ray, so one seed takes seconds instead of a minute. For tuning on
-the shipped public tables; ``fedsynth benchmark`` remains the reference measurement.
+noise, drawn as the merchants draw it: ``SecureNoise``, so a seed fixes the partition and the
+sampling, not the DP noise) without Flower and Ray, so one seed takes seconds instead of a
+minute. For tuning on the shipped public tables; ``fedsynth benchmark`` remains the reference
+measurement.
 
 Run: ``python -m simulations.benchmarks.marginal_replay --seeds 0-5 [--merchants 5]
 [--epsilon 1] [--options '{"selection_share": 0.3}']``. Prints quality (SDMetrics default and
@@ -49,10 +51,9 @@ def replay(
         PrivacyLedger(epsilon_budget=epsilon, delta=1e-5, owner=f"merchant-{i}")
         for i in range(merchants)
     ]
-    rng = np.random.default_rng(seed)
     stats = [
         release_encoder_statistics(
-            part, dataset.schema(), ledger, epsilon=epsilon * statistics_share, rng=rng
+            part, dataset.schema(), ledger, epsilon=epsilon * statistics_share
         )
         for part, ledger in zip(parts, ledgers, strict=True)
     ]
@@ -62,7 +63,7 @@ def replay(
 
     def release(phase: str, pairs=None):
         return merge_releases([
-            release_marginals(part, model=model, ledger=ledger, phase=phase, tree=pairs, rng=rng)
+            release_marginals(part, model=model, ledger=ledger, phase=phase, tree=pairs)
             for part, ledger in zip(parts, ledgers, strict=True)
         ])  # fmt: skip
 

@@ -1,7 +1,8 @@
 """GAN and VAE federations, fast: the rounds replayed in-process, for tuning on public tables.
 
 Each merchant runs the client's own ``statistics_round``, ``marginals_round`` (the warm start's
-two releases) and ``train_round`` (its ledger, its DP row count, its noise) on a Dirichlet (or
+two releases) and ``train_round`` (its ledger, its DP row count, its noise: ``SecureNoise``, so
+a seed fixes partition, initial weights and sampling, not the DP noise) on a Dirichlet (or
 IID) share of pizzaplace's 80/20 training split; the server's part is the warm start
 (``synth_models/warm_start.py``) and the weighted average ``MerchantFedAvg`` computes. Without
 Flower and Ray a federation takes about as long as its training. ``fedsynth benchmark``
@@ -21,7 +22,6 @@ import json
 import math
 import time
 
-import numpy as np
 import torch
 
 from client.merchant import holdout_split, marginals_round, statistics_round, train_round
@@ -58,12 +58,6 @@ def weighted_average(
     }
 
 
-def _seed(*parts: int) -> int:
-    """A seed of its own for every merchant and release (statistics 0, the marginals' two
-    releases 1 and 2, training rounds 3)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
 def replay(
     *,
     model: str,
@@ -90,9 +84,9 @@ def replay(
     stats = [
         statistics_round(
             part, schema=schema, state=state, epsilon=epsilon, delta=1e-5,
-            statistics_share=statistics_share, seed=_seed(seed, i, 0), source=state.merchant,
+            statistics_share=statistics_share, source=state.merchant,
         )
-        for i, (part, state) in enumerate(zip(parts, states, strict=True))
+        for part, state in zip(parts, states, strict=True)
     ]  # fmt: skip
 
     def score(weights: dict[str, torch.Tensor]) -> dict:
@@ -126,11 +120,10 @@ def replay(
             return merge_releases([
                 marginals_round(
                     part, encoder=marginal.encoder, model_options={}, state=state,
-                    epsilon=epsilon, delta=1e-5, phase=phase, tree=tree,
-                    seed=_seed(seed, i, 1 if phase == SELECTION else 2), source=state.merchant,
+                    epsilon=epsilon, delta=1e-5, phase=phase, tree=tree, source=state.merchant,
                     target_epsilon=target,
                 )[0]
-                for i, (part, state) in enumerate(zip(parts, states, strict=True))
+                for part, state in zip(parts, states, strict=True)
             ])  # fmt: skip
 
         selection = release(SELECTION)
@@ -149,12 +142,11 @@ def replay(
     weights = network.state_dict()
     for number in range(1, rounds + 1):
         replies = []
-        for i, (part, state) in enumerate(zip(parts, states, strict=True)):
+        for part, state in zip(parts, states, strict=True):
             new, metrics = train_round(
                 part, encoder=encoder, weights=weights, model=model, model_options=options,
                 training=training, state=state, epsilon=epsilon, delta=1e-5,
-                server_round=number, num_rounds=rounds, seed=_seed(seed, i, 3, number),
-                source=state.merchant,
+                server_round=number, num_rounds=rounds, source=state.merchant,
             )  # fmt: skip
             replies.append((new, metrics["num-examples"]))
         weights = weighted_average(replies)

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -476,13 +477,26 @@ class LocalFederation:
 
 
 def merchant_config(
-    run_dir: Path, merchant: str, data_path: Path, holdout_fraction: float
+    run_dir: Path,
+    merchant: str,
+    data_path: Path,
+    holdout_fraction: float,
+    *,
+    metadata: Path,
+    run_config: dict,
 ) -> dict[str, object]:
+    """A merchant's node config: its table, its ledger file and its own privacy policy (here
+    the run's budget, since this script plays every merchant; ``client/policy.py``)."""
+    epsilon = float(run_config.get("epsilon", 1.0))
     return {
         "data-path": str(data_path),
         "state-path": str((run_dir / "state" / f"{merchant}.json").resolve()),
         "merchant-id": merchant,
         "holdout-fraction": holdout_fraction,
+        "metadata-path": str(metadata),
+        "epsilon-budget": epsilon if math.isfinite(epsilon) else "inf",
+        "max-delta": float(run_config.get("delta", 1e-5)),
+        "allow-non-private": not math.isfinite(epsilon),
     }
 
 
@@ -539,7 +553,14 @@ def run_local_deployment(settings: DeploymentSettings) -> DeploymentResult:
     with federation:
         for i, data_path in enumerate(data_paths):
             merchant = f"merchant-{i}"
-            config = merchant_config(run_dir, merchant, data_path, settings.holdout_fraction)
+            config = merchant_config(
+                run_dir,
+                merchant,
+                data_path,
+                settings.holdout_fraction,
+                metadata=metadata,
+                run_config=settings.run_config,
+            )
             federation.start_merchant(merchant, config)
         federation.run(run_config, timeout=settings.run_timeout)
     seconds = time.perf_counter() - started

@@ -1,174 +1,261 @@
-"""The reply guard: what may leave a merchant, and what happens to a reply that may not."""
+"""The reply guard: only typed releases leave a merchant, checked against the public schema,
+the request and the merchant's ledger. Each test smuggles something real handlers never send
+into a reply the real ClientApp built, and checks that the guard blocks it."""
 
 from __future__ import annotations
 
+import copy
 import json
-import time
+import math
 
 import pytest
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    Metadata,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from client.guard import reply_guard, reply_problems
+import client.guard as guard
+from client.guard import reply_problems
+from client.policy import MerchantPolicy
 from synth_models.federation import (
     ARRAYS,
+    AUDIT,
     DOCUMENT_KEY,
     FAILED,
     LEDGER,
+    MARGINALS,
+    MARGINALS_MESSAGE,
     METRICS,
-    OK,
-    REPLY_METRICS,
     STATISTICS,
+    STATISTICS_MESSAGE,
     STATUS,
+    TRAIN_MESSAGE,
     dumps,
-    loads,
 )
+from synth_models.synthesizer import build_model
+from synth_models.training import TrainingConfig
+from tests.client.harness import document, message, pizza_merchant
+
+ROWS_AS_CSV = "order_id,pizza,price\n1,hawaiian_m,13.25\n2,classic_dlx_l,20.75\n" * 20
 
 
-def document(content: dict) -> ConfigRecord:
-    return ConfigRecord({DOCUMENT_KEY: dumps(content)})
+@pytest.fixture(scope="module")
+def replies(tmp_path_factory):
+    """One real reply of each release type, with the request that asked for it."""
+    merchant = pizza_merchant(tmp_path_factory.mktemp("guarded"), rows=6000, undeclared=("type",))
+    encoder = merchant.encoder()
+    base = {
+        "schema": merchant.schema.to_dict(),
+        "encoder": encoder.to_dict(),
+        "model_options": {},
+        "epsilon": 1.0,
+        "delta": 1e-5,
+        "seed": 0,
+    }
+    asked = {
+        STATISTICS_MESSAGE: (merchant.statistics_request(), None),
+        MARGINALS_MESSAGE: ({**base, "model": "marginal", "phase": "selection"}, None),
+        TRAIN_MESSAGE: (
+            {
+                **base,
+                "model": "vae",
+                "training": TrainingConfig(epochs=1, warm_start_share=0).to_dict(),
+                "num_rounds": 1,
+            },
+            build_model("vae", encoder, {}).state_dict(),
+        ),
+    }
+    out = {}
+    for kind, (request, arrays) in asked.items():
+        reply = merchant.ask(kind, request, arrays)
+        assert merchant.status(reply)["state"] == "ok", merchant.status(reply)
+        out[kind] = (request, reply.content)
+    return out
 
 
-def legitimate_reply() -> RecordDict:
-    """What a merchant's train handler sends: weights, allowed metrics and JSON documents."""
-    return RecordDict(
+def problems(kind, content, request, policy=None) -> list[str]:
+    return reply_problems(
+        content,
+        message_type=kind,
+        request=request,
+        merchant="merchant-0",
+        policy=policy or MerchantPolicy(),
+    )
+
+
+def tampered(replies, kind, name, change):
+    """The real reply of ``kind`` with document ``name`` passed through ``change``."""
+    request, content = replies[kind]
+    content = copy.deepcopy(content)
+    doc = json.loads(str(content.config_records[name][DOCUMENT_KEY]))
+    changed = change(doc)
+    content[name] = ConfigRecord({DOCUMENT_KEY: dumps(doc if changed is None else changed)})
+    return problems(kind, content, request)
+
+
+@pytest.mark.parametrize("kind", [STATISTICS_MESSAGE, MARGINALS_MESSAGE, TRAIN_MESSAGE])
+def test_real_replies_pass(replies, kind):
+    request, content = replies[kind]
+    assert problems(kind, content, request) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        (STATISTICS_MESSAGE, STATUS),
+        (STATISTICS_MESSAGE, LEDGER),
+        (STATISTICS_MESSAGE, STATISTICS),
+        (MARGINALS_MESSAGE, MARGINALS),
+    ],
+)
+def test_a_table_smuggled_into_any_document_is_blocked(replies, kind, name):
+    assert tampered(replies, kind, name, lambda d: d.update(rows=ROWS_AS_CSV))
+
+
+def test_free_text_in_a_status_is_blocked(replies):
+    assert tampered(replies, STATISTICS_MESSAGE, STATUS, lambda d: d.update(code=ROWS_AS_CSV))
+    assert tampered(replies, STATISTICS_MESSAGE, STATUS, lambda d: d.update(reason="value 51"))
+
+
+def test_rows_as_released_categories_are_blocked(replies):
+    def rows_as_categories(d):
+        column = next(c for c in d["columns"].values() if c["kind"] == "categorical")
+        column["public_domain"] = False
+        column["categories"] = ROWS_AS_CSV.splitlines()[: len(column["counts"])]
+
+    assert tampered(replies, STATISTICS_MESSAGE, STATISTICS, rows_as_categories)
+
+
+def test_unsorted_released_categories_are_blocked(replies):
+    _, content = replies[STATISTICS_MESSAGE]
+    released = document(Message(content, reply_to=message(STATISTICS_MESSAGE, {})), STATISTICS)
+    names = released["columns"]["type"]["categories"]
+    assert len(names) == 4 and names == sorted(names)  # what the merchant released
+
+    def first_appearance(d):
+        d["columns"]["type"]["categories"] = d["columns"]["type"]["categories"][::-1]
+
+    found = tampered(replies, STATISTICS_MESSAGE, STATISTICS, first_appearance)
+    assert found == ["statistics of column 'type': released categories are not in canonical order"]
+
+
+def test_a_ledger_whose_epsilon_is_not_its_records_is_blocked(replies):
+    assert tampered(replies, STATISTICS_MESSAGE, LEDGER, lambda d: d.update(epsilon=0.001))
+    assert tampered(
+        replies, STATISTICS_MESSAGE, LEDGER, lambda d: d["records"][0].update(label="rows: 1,2")
+    )
+    assert tampered(replies, STATISTICS_MESSAGE, LEDGER, lambda d: d.update(owner="merchant-9"))
+
+
+def test_statistics_with_noise_other_than_the_ledgers_are_blocked(replies):
+    def exact(d):
+        d["row_count_var"] = 0.0
+        for column in d["columns"].values():
+            column["noise_var"] = 0.0
+
+    assert tampered(replies, STATISTICS_MESSAGE, STATISTICS, exact)
+
+
+def test_a_raw_column_sent_as_a_zero_noise_marginal_is_blocked(replies):
+    def raw(d):
+        d["noise_var"] = 0.0
+
+    found = tampered(replies, MARGINALS_MESSAGE, MARGINALS, raw)
+    assert any("noise variance" in p for p in found)
+
+
+def test_marginals_of_another_shape_are_blocked(replies):
+    def rows_as_a_table(d):
+        d["cliques"].append([0, 1])
+        d["shapes"].append([600, 4])
+        d["tables"].append([[1.0] * 4] * 600)
+
+    assert tampered(replies, MARGINALS_MESSAGE, MARGINALS, rows_as_a_table)
+
+    def three_way(d):
+        d["cliques"][0] = [0, 1, 2]
+
+    assert tampered(replies, MARGINALS_MESSAGE, MARGINALS, three_way)
+
+
+def test_nan_in_a_document_is_blocked(replies):
+    def nan(d):
+        d["tables"][0][0][0] = math.nan
+
+    found = tampered(replies, MARGINALS_MESSAGE, MARGINALS, nan)
+    assert any("finite" in p for p in found)
+
+
+def test_a_raw_tensor_is_blocked(replies):
+    request, content = replies[TRAIN_MESSAGE]
+    content = copy.deepcopy(content)
+    content["rows"] = ArrayRecord({"x": torch.randn(600, 4)})
+    assert problems(TRAIN_MESSAGE, content, request)
+    # ... and so is a raw tensor added to the weights, or weights of another shape.
+    weights = content.array_records[ARRAYS].to_torch_state_dict()
+    del content["rows"]
+    content[ARRAYS] = ArrayRecord({**weights, "rows": torch.randn(600, 4)})
+    assert problems(TRAIN_MESSAGE, content, request)
+
+
+def test_non_finite_weights_are_blocked(replies):
+    request, content = replies[TRAIN_MESSAGE]
+    content = copy.deepcopy(content)
+    weights = content.array_records[ARRAYS].to_torch_state_dict()
+    name = next(iter(weights))
+    weights[name] = torch.full_like(weights[name], math.nan)
+    content[ARRAYS] = ArrayRecord(weights)
+    assert problems(TRAIN_MESSAGE, content, request) == ["weights hold non-finite values"]
+
+
+def test_metrics_off_the_allow_list_or_not_scalars_are_blocked(replies):
+    request, content = replies[TRAIN_MESSAGE]
+    content = copy.deepcopy(content)
+    content[METRICS]["exact-rows"] = 300
+    assert problems(TRAIN_MESSAGE, content, request) == [
+        "metric 'exact-rows' is not on the allow-list"
+    ]
+    del content[METRICS]["exact-rows"]
+    content[METRICS]["epsilon"] = [0.1, 0.2]
+    assert problems(TRAIN_MESSAGE, content, request) == ["metric 'epsilon' is not a scalar"]
+
+
+def test_a_release_of_another_message_type_is_blocked(replies):
+    request, content = replies[STATISTICS_MESSAGE]
+    content = copy.deepcopy(content)
+    content[METRICS] = MetricRecord({"epsilon": 0.1})
+    assert problems(STATISTICS_MESSAGE, content, request)
+    assert problems(TRAIN_MESSAGE, replies[STATISTICS_MESSAGE][1], request)
+
+
+def test_an_audit_reply_holds_a_flag_only(replies):
+    request, _ = replies[STATISTICS_MESSAGE]
+    status = {"state": "ok", "merchant": "merchant-0", "code": "done"}
+    reply = RecordDict(
         {
-            ARRAYS: ArrayRecord({"layer.weight": torch.ones(3, 2)}),
-            METRICS: MetricRecord({key: 1.5 for key in REPLY_METRICS}),
-            LEDGER: document({"owner": "merchant-0", "records": []}),
-            STATISTICS: document({"row_count": 301.7, "columns": {}}),
-            STATUS: document({"state": OK, "merchant": "merchant-0"}),
+            STATUS: ConfigRecord({DOCUMENT_KEY: dumps(status)}),
+            AUDIT: ConfigRecord({DOCUMENT_KEY: dumps({"local_report": True})}),
         }
     )
+    assert problems("evaluate", reply, request) == []
+    reply[AUDIT] = ConfigRecord({DOCUMENT_KEY: dumps({"shares": {"alice": 0.01}})})
+    assert problems("evaluate", reply, request)
 
 
-def with_record(name: str, record) -> RecordDict:
-    content = legitimate_reply()
-    content[name] = record
-    return content
+def test_an_oversize_reply_is_blocked(replies, monkeypatch):
+    request, content = replies[STATISTICS_MESSAGE]
+    monkeypatch.setattr(guard, "MAX_REPLY_BYTES", 1000)
+    assert "larger than" in problems(STATISTICS_MESSAGE, content, request)[0]
 
 
-def test_legitimate_reply_passes():
-    assert reply_problems(legitimate_reply()) == []
-    assert reply_problems(RecordDict({STATUS: document({"state": OK})})) == []
-
-
-def test_extra_array_record_is_rejected():
-    content = with_record("rows", ArrayRecord({"x": torch.arange(10.0)}))
-    problems = reply_problems(content)
-    assert len(problems) == 1
-    assert "'rows'" in problems[0] and "not the model weights" in problems[0]
-
-
-def test_metric_not_on_allow_list_is_rejected():
-    content = legitimate_reply()
-    content[METRICS]["exact-rows"] = 300
-    problems = reply_problems(content)
-    assert problems == ["metric 'exact-rows' is not on the allow-list"]
-
-
-def test_metric_list_is_rejected():
-    content = legitimate_reply()
-    content[METRICS]["epsilon"] = [0.1, 0.2, 0.3]  # per-batch / per-row values
-    assert reply_problems(content) == ["metric 'epsilon' is not a scalar"]
-
-
-def test_metric_record_under_another_name_is_rejected():
-    content = with_record("extra-metrics", MetricRecord({"epsilon": 1.0}))
-    assert reply_problems(content) == ["metric record 'extra-metrics' is not allowed"]
-
-
-def test_non_json_document_is_rejected():
-    content = with_record(STATISTICS, ConfigRecord({DOCUMENT_KEY: "{row_count: 12"}))
-    assert reply_problems(content) == [f"config record {STATISTICS!r} is not a JSON document"]
-
-
-def test_unknown_config_record_is_rejected():
-    content = with_record("table", document({"price": [13.25, 16.0]}))
-    assert reply_problems(content) == ["config record 'table' is not allowed"]
-
-
-def test_config_record_with_a_list_of_per_row_values_is_rejected():
-    rows = [13.25, 16.0, 16.0, 20.75, 18.5]
-    extra_key = ConfigRecord({DOCUMENT_KEY: dumps({"row_count": 5.3}), "price": rows})
-    problems = reply_problems(with_record(STATISTICS, extra_key))
-    assert len(problems) == 1 and "holds ['json', 'price']" in problems[0]
-    # The same list put directly under the document key: str() of a list of numbers is valid
-    # JSON, so the guard must check that the document is a string, not just parse it.
-    under_key = ConfigRecord({DOCUMENT_KEY: rows})
-    problems = reply_problems(with_record(STATISTICS, under_key))
-    assert len(problems) == 1 and STATISTICS in problems[0]
-
-
-def test_several_problems_are_all_named():
-    content = with_record("rows", ArrayRecord({"x": torch.arange(3.0)}))
-    content["table"] = document({})
-    content[METRICS]["rows"] = 3
-    assert len(reply_problems(content)) == 3
-
-
-def _context() -> Context:
-    return Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
-
-
-def _instruction() -> Message:
-    """An instruction as the node receives it (built from metadata: outside a run, Flower has
-    no task identity to fill it in)."""
-    metadata = Metadata(
-        run_id=1,
-        message_id="instruction-7",
-        src_node_id=1,
-        dst_node_id=7,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type="train",
-    )
-    return Message(metadata=metadata, content=RecordDict())
-
-
-def test_reply_guard_replaces_a_bad_reply_by_a_failed_status():
-    instruction = _instruction()
-    leaking = with_record("rows", ArrayRecord({"x": torch.arange(300.0)}))
-
-    def handler(msg, context):
-        return Message(leaking, reply_to=msg)
-
-    reply = reply_guard(instruction, _context(), handler)
-    assert not reply.has_error()
+def test_the_mod_replaces_a_blocked_reply_by_a_code_only_status(tmp_path):
+    merchant = pizza_merchant(tmp_path)
+    instruction = message(STATISTICS_MESSAGE, merchant.statistics_request())
+    leaking = RecordDict({"rows": ArrayRecord({"x": torch.arange(300.0)})})
+    mod = guard.make_reply_guard(lambda context: MerchantPolicy(), lambda context: "merchant-0")
+    reply = mod(instruction, merchant.context, lambda msg, ctx: Message(leaking, reply_to=msg))
     assert list(reply.content.keys()) == [STATUS]
-    status = loads(str(reply.content.config_records[STATUS][DOCUMENT_KEY]))
-    assert status["state"] == FAILED
-    assert "privacy guard" in status["reason"] and "'rows'" in status["reason"]
-    # Nothing of the blocked reply leaves: no weights, no metrics, no ledger.
-    assert not reply.content.array_records and not reply.content.metric_records
+    assert document(reply, STATUS) == {
+        "state": FAILED,
+        "merchant": "merchant-0",
+        "code": "reply-blocked",
+    }
     assert reply.metadata.reply_to_message_id == instruction.metadata.message_id
-    assert reply.metadata.dst_node_id == instruction.metadata.src_node_id
-    assert reply_problems(reply.content) == []
-
-
-def test_reply_guard_passes_a_good_reply_unchanged():
-    content = legitimate_reply()
-
-    def handler(msg, context):
-        return Message(content, reply_to=msg)
-
-    reply = reply_guard(_instruction(), _context(), handler)
-    assert reply.content is content
-
-
-@pytest.mark.parametrize("bad", ["not json", "{'single': 'quotes'}"])
-def test_guard_parses_documents_as_json(bad):
-    with pytest.raises(ValueError):
-        json.loads(bad)
-    content = with_record(LEDGER, ConfigRecord({DOCUMENT_KEY: bad}))
-    assert reply_problems(content) == [f"config record {LEDGER!r} is not a JSON document"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -44,7 +45,6 @@ def _train(table, encoder, weights, state, server_round, num_rounds=2):
         delta=DELTA,
         server_round=server_round,
         num_rounds=num_rounds,
-        seed=server_round,
         source="merchant-0.csv",
     )
 
@@ -62,7 +62,6 @@ def rounds(pizza):
         epsilon=EPSILON,
         delta=DELTA,
         statistics_share=SHARE,
-        seed=11,
         source="merchant-0.csv",
     )
     after_statistics = copy.deepcopy(state)
@@ -102,8 +101,24 @@ def test_statistics_round_records_the_release_and_a_dp_row_count(rounds):
     assert state.ledger.epsilon() <= EPSILON * SHARE * (1 + 1e-9)
     assert state.ledger.epsilon() >= EPSILON * SHARE * 0.99  # the share is used, not wasted
     assert state.dp_rows == rounds["stats"].row_count
-    assert state.dp_rows != ROWS and not float(state.dp_rows).is_integer()
+    # a DP count: the exact count plus integer (discrete Gaussian) noise of the merchant's own
+    assert float(state.dp_rows).is_integer() and records[0].mechanism == "discrete-gaussian"
     assert state.noise_multiplier is None  # calibrated at the first training round
+
+
+def test_the_same_request_twice_gets_different_noise(pizza):
+    """Same table, same request: the merchant's noise is its own (``SecureNoise``), so a
+    server that replays a round (or chose the run's seed) cannot subtract it."""
+    schema, table = pizza
+    releases = []
+    for _ in range(2):
+        state = MerchantState(merchant="merchant-0")
+        stats = statistics_round(
+            table, schema=schema, state=state, epsilon=EPSILON, delta=DELTA,
+            statistics_share=SHARE, source="m.csv",
+        )  # fmt: skip
+        releases.append(stats.to_dict())
+    assert releases[0] != releases[1]
 
 
 def test_training_rounds_add_dp_sgd_steps_after_the_statistics(rounds):
@@ -183,7 +198,6 @@ def test_without_dp_nothing_is_recorded(rounds, pizza):
         epsilon=math.inf,
         delta=DELTA,
         statistics_share=SHARE,
-        seed=1,
         source="m.csv",
     )
     assert state.ledger is None
@@ -199,7 +213,26 @@ def test_without_dp_nothing_is_recorded(rounds, pizza):
         delta=DELTA,
         server_round=1,
         num_rounds=1,
-        seed=0,
         source="m.csv",
     )
     assert state.ledger is None and math.isinf(metrics["epsilon"])
+
+
+def test_the_holdout_is_decided_row_by_row(pizza):
+    """Adding a row moves no other row between training and holdout: DP on the training rows
+    is then DP on the merchant's whole table (a permutation would move many rows)."""
+    from client.merchant import row_wise_holdout
+
+    table = pizza[1]
+    train, holdout = row_wise_holdout(table, 0.2, salt="merchant-0")
+    assert len(train) + len(holdout) == len(table)
+    assert 0.15 < len(holdout) / len(table) < 0.25
+    neighbour = pd.concat([table, table.iloc[[7]].assign(price=99.5)], ignore_index=True)
+    train2, holdout2 = row_wise_holdout(neighbour, 0.2, salt="merchant-0")
+    assert len(train2) + len(holdout2) == len(table) + 1
+    assert min(len(train2) - len(train), len(holdout2) - len(holdout)) == 0
+    assert abs(len(train2) - len(train)) + abs(len(holdout2) - len(holdout)) == 1
+    again, _ = row_wise_holdout(table, 0.2, salt="merchant-0")
+    pd.testing.assert_frame_equal(again, train)
+    other, _ = row_wise_holdout(table, 0.2, salt="merchant-1")
+    assert not other.equals(train)

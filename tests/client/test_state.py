@@ -134,3 +134,53 @@ def test_the_file_is_renamed_into_place(tmp_path, monkeypatch):
     assert len(calls) == 1
     folder, name, target = calls[0]
     assert folder == str(tmp_path) and name != path.name and target == str(path)
+
+
+def test_a_held_ledger_lock_makes_another_run_wait_then_refuse(tmp_path):
+    import fcntl
+
+    from client.state import LedgerLockedError, ledger_lock
+
+    path = tmp_path / "merchant-0.json"
+    with ledger_lock(path, timeout=0.1):
+        other = path.with_name(path.name + ".lock")  # another run's handle on the lock file
+        with open(other, "a") as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(LedgerLockedError, match="locked by another run"), ledger_lock(
+            path, timeout=0.2
+        ):
+            pass
+    with ledger_lock(path, timeout=0.1):  # released: the next run gets it
+        pass
+
+
+def test_concurrent_runs_on_one_ledger_spend_what_they_record(tmp_path):
+    """Two runs (two ClientApps with their own node states) answer from one ledger file at
+    the same time: every release that left is in the file, and its epsilon is theirs."""
+    import threading
+
+    from synth_models.federation import LEDGER, STATISTICS_MESSAGE
+    from tests.client.harness import document, pizza_merchant
+
+    runs = [pizza_merchant(tmp_path), pizza_merchant(tmp_path)]
+    released = []
+
+    def ask(merchant):
+        for _ in range(4):
+            reply = merchant.ask(STATISTICS_MESSAGE, merchant.statistics_request())
+            if merchant.status(reply)["state"] == "ok":
+                released.append(document(reply, LEDGER))
+
+    threads = [threading.Thread(target=ask, args=(m,)) for m in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    on_disk = load_state("merchant-0", node_state=None, path=tmp_path / "state/merchant-0.json")
+    assert len(released) == 8
+    # none lost to an interleaved write (equal consecutive releases merge into one record)
+    assert sum(r.steps for r in on_disk.ledger.records) == 8
+    spent = PrivacyLedger.from_state_dict(
+        max(released, key=lambda lg: sum(r["steps"] for r in lg["records"]))
+    )
+    assert on_disk.epsilon == pytest.approx(spent.epsilon(), rel=1e-12)

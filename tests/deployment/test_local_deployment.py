@@ -140,7 +140,10 @@ def test_killed_supernode_rejoins_and_its_ledger_keeps_counting(tmp_path):
     with local.LocalFederation(run_dir, tls=True, auth=True, startup_timeout=60) as federation:
         for i, path in enumerate(data_paths):
             name = f"merchant-{i}"
-            federation.start_merchant(name, local.merchant_config(run_dir, name, path, 0.2))
+            node = local.merchant_config(
+                run_dir, name, path, 0.2, metadata=metadata, run_config=settings.run_config
+            )
+            federation.start_merchant(name, node)
 
         def kill_in_round_one() -> None:
             alive = victim in federation.processes.procs

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from privacy.calibration import calibrate_noise_multiplier, gaussian_noise_multiplier
-from privacy.ledger import MechanismRecord, PrivacyLedger
+from privacy.ledger import DISCRETE_GAUSSIAN, MechanismRecord, PrivacyLedger
 
 TARGET = 2.0
 Q = 0.01
@@ -87,3 +87,23 @@ def test_already_spent_ledger_raises():
     no_delta.record(MechanismRecord("statistics", 50.0, 1.0, 1, extra_delta=1e-5))
     with pytest.raises(ValueError):
         calibrate_noise_multiplier(no_delta, target_epsilon=1.0, sample_rate=Q, steps=10)
+
+
+def test_discrete_releases_are_calibrated_as_discrete_gaussian_records():
+    """The plan is a record of the kind that will be recorded: a discrete Gaussian release
+    (never subsampled) calibrated to its budget share lands on it."""
+    ledger = PrivacyLedger(epsilon_budget=1.0, delta=1e-6)
+    ledger.record(MechanismRecord("dp-sgd", 1.5, Q, 200))
+    sigma = calibrate_noise_multiplier(
+        ledger, target_epsilon=1.0, sample_rate=1.0, steps=1, mechanism=DISCRETE_GAUSSIAN
+    )
+    planned = MechanismRecord("m", sigma, 1.0, 1, mechanism=DISCRETE_GAUSSIAN)
+    assert 0.99 <= ledger.epsilon_after([planned]) <= 1.0
+    with pytest.raises(ValueError, match="not subsampled"):
+        calibrate_noise_multiplier(
+            ledger, target_epsilon=1.0, sample_rate=0.5, steps=1, mechanism=DISCRETE_GAUSSIAN
+        )
+    alone = gaussian_noise_multiplier(epsilon=0.5, delta=1e-6, mechanism=DISCRETE_GAUSSIAN)
+    scratch = PrivacyLedger(epsilon_budget=0.5, delta=1e-6)
+    release = MechanismRecord("s", alone, 1.0, 1, mechanism=DISCRETE_GAUSSIAN)
+    assert 0.99 * 0.5 <= scratch.epsilon_after([release]) <= 0.5

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from scipy.special import gammaln, logsumexp
 
-from privacy.ledger import RDP_ORDERS, BudgetExceededError, MechanismRecord, PrivacyLedger
+from privacy.ledger import (
+    DISCRETE_GAUSSIAN,
+    RDP_ORDERS,
+    BudgetExceededError,
+    MechanismRecord,
+    PrivacyLedger,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Independent reference accountant (no opacus): exact RDP of the Poisson-subsampled Gaussian
@@ -39,11 +45,33 @@ def reference_rdp(q: float, sigma: float, alpha: int) -> float:
     return _log_a(q, sigma, alpha) / (alpha - 1)
 
 
-def reference_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon at ``delta`` of the composition of ``(sigma, q, steps)`` entries."""
+def reference_discrete_gaussian_rdp(sigma: float, alpha: int) -> float:
+    """D_alpha(N_Z(0, sigma^2) || N_Z(1, sigma^2)) summed numerically over the integers, from
+    the pmf's definition (no closed form used)."""
+    x = np.arange(-alpha - int(30 * sigma) - 60, alpha + int(30 * sigma) + 61, dtype=float)
+    log_z = logsumexp(-(x**2) / (2 * sigma**2))  # the same normalizer for both (shift 1)
+    log_p, log_q = -(x**2) / (2 * sigma**2) - log_z, -((x - 1) ** 2) / (2 * sigma**2) - log_z
+    return float(logsumexp(alpha * log_p + (1 - alpha) * log_q)) / (alpha - 1)
+
+
+def _record_rdp(record: MechanismRecord, alpha: int) -> float:
+    """One record's RDP from its parameters: a discrete Gaussian release moves
+    ``l2_sensitivity^2`` cells by 1, each with noise ``noise_multiplier * l2_sensitivity``."""
+    if record.mechanism == DISCRETE_GAUSSIAN:
+        cells = round(record.l2_sensitivity**2)
+        assert cells == pytest.approx(record.l2_sensitivity**2)  # the test's releases: k tables
+        sigma = record.noise_multiplier * record.l2_sensitivity
+        return cells * reference_discrete_gaussian_rdp(sigma, alpha)
+    return reference_rdp(record.sample_rate, record.noise_multiplier, alpha)
+
+
+def reference_epsilon(history: list, delta: float) -> float:
+    """Epsilon at ``delta`` of the composition of ``(sigma, q, steps)`` entries or records."""
     rdp = np.zeros(len(INTEGER_ORDERS))
-    for sigma, q, steps in history:
-        rdp += steps * np.array([reference_rdp(q, sigma, int(a)) for a in INTEGER_ORDERS])
+    for entry in history:
+        if not isinstance(entry, MechanismRecord):
+            entry = MechanismRecord("", entry[0], entry[1], entry[2])
+        rdp += entry.steps * np.array([_record_rdp(entry, int(a)) for a in INTEGER_ORDERS])
     alphas = INTEGER_ORDERS.astype(float)
     eps = rdp - (np.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
     return float(np.min(eps))
@@ -69,6 +97,14 @@ def test_reference_rdp_closed_forms():
         assert reference_rdp(1 - 1e-12, 1.3, alpha) == pytest.approx(alpha / (2 * 1.3**2), rel=1e-6)
     # Subsampling amplifies: smaller q, smaller RDP.
     assert reference_rdp(0.01, 1.0, 8) < reference_rdp(0.1, 1.0, 8) < reference_rdp(1.0, 1.0, 8)
+    # The discrete Gaussian's RDP at integer orders is the Gaussian's alpha / (2 sigma^2)
+    # (CKS20: exact there), even for sigma below 1 where the pmf is far from a bell.
+    for sigma in (0.4, 1.0, 3.0, 25.0):
+        for alpha in (2, 5, 64):
+            expected = alpha / (2 * sigma**2)
+            assert reference_discrete_gaussian_rdp(sigma, alpha) == pytest.approx(
+                expected, rel=1e-9
+            )
 
 
 # -- ledger vs the independent recomputation -----------------------------------------------------
@@ -98,7 +134,25 @@ HISTORIES = {
             MechanismRecord("dp-sgd", 1.0, 0.01, 500),
         ],
     ),
-}
+    "discrete Gaussian releases + dp-sgd": (
+        1e-6,
+        [
+            MechanismRecord(
+                "encoder-statistics", 9.0, 1.0, 1, extra_delta=1e-7,
+                mechanism=DISCRETE_GAUSSIAN, l2_sensitivity=math.sqrt(13), dimension=0,
+            ),
+            MechanismRecord(
+                "marginals-selection", 2.2, 1.0, 1,
+                mechanism=DISCRETE_GAUSSIAN, l2_sensitivity=math.sqrt(29), dimension=4000,
+            ),
+            MechanismRecord(
+                "marginals-measurement", 1.4, 1.0, 1,
+                mechanism=DISCRETE_GAUSSIAN, l2_sensitivity=math.sqrt(9), dimension=700,
+            ),
+            MechanismRecord("dp-sgd", 1.2, 0.02, 300),
+        ],
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(HISTORIES))
@@ -106,9 +160,7 @@ def test_epsilon_matches_independent_rdp(name):
     delta, records = HISTORIES[name]
     ledger = _ledger(records, delta=delta)
     effective_delta = delta - sum(r.extra_delta for r in records)
-    expected = reference_epsilon(
-        [(r.noise_multiplier, r.sample_rate, r.steps) for r in records], effective_delta
-    )
+    expected = reference_epsilon(records, effective_delta)
     got = ledger.epsilon()
     assert 0 < expected < 50
     assert got <= expected + 1e-9
@@ -197,6 +249,37 @@ def test_state_dict_round_trip_through_json():
     restored.record(MechanismRecord("gan", 1.2, 0.02, 150))
     assert restored.records[-1].steps == 300
     assert restored.epsilon() > ledger.epsilon()
+
+
+def test_old_ledgers_load_as_gaussian_records():
+    """A ledger saved before records had a mechanism kind: its records are Gaussian ones."""
+    old = {
+        "owner": "m",
+        "epsilon_budget": 2.0,
+        "delta": 1e-5,
+        "records": [{"label": "dp-sgd", "noise_multiplier": 1.0, "sample_rate": 0.01,
+                     "steps": 100, "extra_delta": 0.0}],
+    }  # fmt: skip
+    restored = PrivacyLedger.from_state_dict(old)
+    assert restored.records == [MechanismRecord("dp-sgd", 1.0, 0.01, 100)]
+    assert restored.records[0].mechanism == "gaussian"
+    assert restored.epsilon() == _ledger([MechanismRecord("dp-sgd", 1.0, 0.01, 100)]).epsilon()
+
+
+def test_mechanism_kinds_are_checked():
+    with pytest.raises(ValueError, match="unknown mechanism"):
+        MechanismRecord("x", 1.0, 1.0, 1, mechanism="laplace")
+    with pytest.raises(ValueError, match="not subsampled"):
+        MechanismRecord("x", 1.0, 0.5, 1, mechanism=DISCRETE_GAUSSIAN)
+    # A discrete and a continuous release of the same noise are not merged into one record.
+    ledger = PrivacyLedger(epsilon_budget=10.0, delta=1e-5)
+    ledger.record(MechanismRecord("s", 3.0, 1.0, 1))
+    ledger.record(MechanismRecord("s", 3.0, 1.0, 1, mechanism=DISCRETE_GAUSSIAN))
+    ledger.record(MechanismRecord("s", 3.0, 1.0, 1, mechanism=DISCRETE_GAUSSIAN))
+    assert [(r.mechanism, r.steps) for r in ledger.records] == [
+        ("gaussian", 1),
+        (DISCRETE_GAUSSIAN, 2),
+    ]
 
 
 def test_record_merges_consecutive_identical_mechanisms_only():

@@ -1,5 +1,6 @@
-"""Tests of the audit report (privacy/report.py): files, JSON round trip, verdict checks,
-self-contained HTML (no network), escaping, missing blocks, and a headless Chromium render."""
+"""Tests of the audit reports (privacy/report.py): files, JSON round trip, verdict checks,
+self-contained HTML (no network), escaping, missing blocks, and a headless Chromium render; one
+table's report (the owner's local view) and the federated report (DP releases only)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privacy.report import render_html, verdict, write_report
+from privacy.report import (
+    FEDERATED_VIEW,
+    LOCAL_VIEW,
+    federated_verdict,
+    render_federated_html,
+    render_html,
+    verdict,
+    write_federated_report,
+    write_report,
+)
 
 PLOT_KINDS = ("epsilon-rounds", "distributions", "pair-trends", "roc", "dcr-histogram")
 IMG_RE = re.compile(r'<img [^>]*data-plot="([a-z-]+)"[^>]*src="data:image/png;base64,([^"]+)"')
@@ -148,15 +158,6 @@ def make_audit(seed: int = 0) -> dict:
         },
         "attack": attack_block(0.5123),
         "heuristics": heuristics,
-        "merchants": {
-            m: {
-                "fidelity": {"quality": 0.61 + 0.01 * i, "quality_all_pairs": 0.79},
-                "utility": {"ratio": 0.38 + 0.01 * i},
-                "attack": attack_block(0.505 + 0.002 * i),
-                "heuristics": {"dcr_baseline_protection": {"score": 0.88, "heuristic": True}},
-            }
-            for i, m in enumerate(merchants)
-        },
         "failures": [],
         "seconds": {"fidelity": 3.1, "utility": 5.4, "attack": 2.2},
     }
@@ -270,15 +271,12 @@ def test_other_failed_checks():
     audit["attack"]["auc"] = 0.75
     audit["fidelity"]["quality"] = 0.42
     audit["ledgers"]["merchant-1"]["epsilon"] = 1.3
-    audit["merchants"]["merchant-2"]["attack"]["auc"] = 0.7
     audit["failures"] = [
         {"round": 0, "merchant": "merchant-3", "state": "refused", "reason": "budget exhausted"}
     ]
     v = verdict(audit)
     names = sorted(c["check"] for c in v["failed_checks"])
-    assert names == sorted(
-        ["attack_auc", "attack_auc", "quality", "ledger_above_claim", "merchant_failure"]
-    )
+    assert names == sorted(["attack_auc", "quality", "ledger_above_claim", "merchant_failure"])
     assert v["critical"]  # the ledger spent more than claimed
     assert any("merchant-3 refused in round 0" in c["message"] for c in v["failed_checks"])
 
@@ -292,7 +290,6 @@ def test_other_failed_checks():
         "heuristics",
         "rounds",
         "ledgers",
-        "merchants",
         "claimed",
         "seconds",
     ],
@@ -303,7 +300,7 @@ def test_missing_block_gives_a_note_not_a_crash(tmp_path, missing):
     html_path, json_path = write_report(audit, tmp_path)
     html = html_path.read_text(encoding="utf-8")
     assert "could not be rendered" not in html
-    if missing in ("merchants", "seconds"):
+    if missing == "seconds":
         return
     assert f"No &quot;{missing}&quot; block in this audit: section skipped." in html
     if missing == "attack":
@@ -344,7 +341,6 @@ def test_text_is_escaped():
             "reason": f"bad input: file {evil} column 'price': missing",
         }
     ]
-    audit["merchants"][evil] = {"fidelity": {"quality": 0.7}}
     html = render_html(audit, title=f"audit {evil}")
     assert "<script" not in html.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
@@ -362,6 +358,131 @@ def test_numpy_values_are_written(tmp_path):
     assert stored["audit"]["utility"]["tstr"] == 0.25
     assert stored["audit"]["attack"]["members"] == 5000
     assert stored["audit"]["heuristics"]["dcr_histogram"]["synthetic_to_train"] == list(range(20))
+
+
+def test_one_table_report_is_labelled_the_owners_local_view(written):
+    _, html_path, json_path = written
+    assert json.loads(json_path.read_text())["view"] == LOCAL_VIEW
+    html = html_path.read_text(encoding="utf-8")
+    assert "computed on this owner&#x27;s own rows" in html
+    assert html.index('id="view"') < html.index('id="verdict"')
+
+
+# ----------------------------------------------------------------------------------------------
+# The federated report: DP releases, the ledgers, failures; never a merchant's local numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def make_federated_report(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    audit = make_audit(seed)
+    columns = ["month", "size", "type", "name", "price", "hour"]
+
+    def scores(keys: list[str], cells: int) -> dict:
+        return {
+            k: {"score": round(float(rng.uniform(0.5, 1)), 4), "reference": 0.9, "cells": cells}
+            for k in keys
+        }
+
+    def block(kind: str, keys: list[str], std: float) -> dict:
+        entries = scores(keys, 24)
+        return {
+            "kind": kind,
+            "label": "computed against a noisy DP release already in the merchants' ledgers",
+            "noise_std": std,
+            "total": 4810.37,
+            "contributors": 3,
+            "scores": entries,
+            "mean": float(np.mean([e["score"] for e in entries.values()])),
+            "reference_mean": 0.9,
+        }
+
+    pairs = [f"{a}|{b}" for i, a in enumerate(columns) for b in columns[i + 1 :]]
+    releases = {
+        "statistics": block("columns", columns, 41.5),
+        "marginals-selection": block("pairs", pairs, 18.25),
+        "marginals-measurement": block("pairs", pairs[:5], 7.5),
+    }
+    return {
+        "kind": "federated",
+        "labels": {"dp_fidelity": "computed against a noisy DP release", "merchants": "local"},
+        "dp_fidelity": {
+            "label": "computed against a noisy DP release already in the merchants' ledgers",
+            "column_mean": releases["statistics"]["mean"],
+            "column_reference": 0.9,
+            "pair_mean": releases["marginals-selection"]["mean"],
+            "pair_reference": 0.875,
+            "releases": releases,
+        },
+        "claimed": audit["claimed"],
+        "ledgers": audit["ledgers"],
+        "rounds": audit["rounds"],
+        "failures": [
+            {"round": "audit", "merchant": "merchant-3", "state": "failed", "reason": None}
+        ],
+        "merchants": {
+            **{m: {"state": "ok", "local_report": True} for m in audit["ledgers"]},
+            "merchant-3": {"state": "failed", "local_report": False},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def federated(tmp_path_factory) -> tuple[dict, str, dict]:
+    report = make_federated_report()
+    html_path, json_path = write_federated_report(report, tmp_path_factory.mktemp("fed") / "out")
+    return report, html_path.read_text(encoding="utf-8"), json.loads(json_path.read_text())
+
+
+def test_federated_report_round_trips_and_says_what_is_dp(federated):
+    report, html, stored = federated
+    assert stored["audit"] == report and stored["view"] == FEDERATED_VIEW
+    assert stored["verdict"] == json.loads(json.dumps(federated_verdict(report)))
+    boundary = html[html.index('id="view"') : html.index('id="verdict"')]
+    assert "every number in this report is a DP release" in boundary
+    assert "never sent" in boundary
+
+
+def test_federated_report_shows_only_dp_sections(federated):
+    _, html, _ = federated
+    images = _images(html)
+    assert sorted(images) == ["dp-pairs", "epsilon-rounds"]
+    for section in ("verdict", "privacy", "dp-fidelity", "merchants", "failures"):
+        assert f'id="{section}"' in html, section
+    for local_only in ('id="utility"', 'id="attack"', 'id="heuristics"', 'id="fidelity"'):
+        assert local_only not in html, local_only
+    dp = html[html.index('id="dp-fidelity"') : html.index('id="merchants"')]
+    for text in ("18.25", "4810", "marginals-measurement", "noisy DP release", "reference"):
+        assert text in dp, text
+    assert "could not be rendered" not in html
+
+
+def test_federated_verdict():
+    report = make_federated_report()
+    v = federated_verdict(report)
+    assert v["epsilon"] == 0.9999 and v["ledger_epsilon_max"] == 0.99
+    assert v["dp_pair_fidelity"] == report["dp_fidelity"]["pair_mean"]
+    assert v["dp_pair_reference"] == 0.875
+    box = render_federated_html(report, title="t").split('id="verdict"')[1].split("</section>")[0]
+    assert "(reference 0.875)" in box
+    assert (v["local_reports"], v["merchants"]) == (3, 4)
+    assert [c["check"] for c in v["failed_checks"]] == ["merchant_failure"]
+    assert "merchant-3 failed in round audit" in v["failed_checks"][0]["message"]
+    report["ledgers"]["merchant-0"]["epsilon"] = 1.5
+    assert federated_verdict(report)["critical"]
+    del report["dp_fidelity"]
+    html = render_federated_html(report, title="t")
+    assert "No &quot;dp_fidelity&quot; block" in html
+    assert "DP fidelity (no DP release held)" in federated_verdict(report)["not_checked"]
+
+
+def test_federated_text_is_escaped():
+    report = make_federated_report()
+    evil = "<script>alert('x')</script>"
+    report["merchants"][evil] = {"state": evil, "local_report": False}
+    report["dp_fidelity"]["releases"]["statistics"]["scores"][evil] = {"score": 0.5}
+    html = render_federated_html(report, title=evil)
+    assert "<script" not in html.lower() and "&lt;script&gt;" in html
 
 
 # ----------------------------------------------------------------------------------------------

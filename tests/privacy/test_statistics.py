@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from privacy.ledger import PrivacyLedger
+from privacy.noise import SeededNoise
 from privacy.statistics import (
     MAX_DECIMALS,
     CategoricalInput,
@@ -18,6 +19,7 @@ from privacy.statistics import (
     NumericInput,
     TableStatistics,
     count_decimals,
+    discrete_gaussian_tail,
     merge_statistics,
     num_histograms,
     release_statistics,
@@ -84,16 +86,84 @@ def _exact(df: pd.DataFrame) -> np.ndarray:
 
 
 # -- noise ---------------------------------------------------------------------------------------
+def _dg_pmf(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The discrete Gaussian N_Z(0, sigma^2) on a support wide enough for float precision,
+    computed from its definition (independent of privacy.noise)."""
+    support = np.arange(-int(40 * sigma) - 40, int(40 * sigma) + 41)
+    weights = np.exp(-(support.astype(float) ** 2) / (2 * sigma**2))
+    return support, weights / weights.sum()
+
+
+def _dg_tail(m: int, sigma: float) -> float:
+    """P[X >= m] for X ~ N_Z(0, sigma^2), exactly (to float precision)."""
+    support, pmf = _dg_pmf(sigma)
+    return float(pmf[support >= m].sum())
+
+
 def test_counts_are_noisy():
     df = _table()
-    stats, _ = release_statistics(
-        _columns(df), noise_multiplier=1.0, threshold_delta=1e-6, rng=np.random.default_rng(1)
+    stats, record = release_statistics(
+        _columns(df), noise_multiplier=1.0, threshold_delta=1e-6, noise=SeededNoise(1)
     )
     released, exact = _flatten(stats), _exact(df)
     assert released.shape == exact.shape
-    assert np.all(released != exact)
+    # Integer counts plus integer noise: integers, most of them moved (P[noise = 0] ~ 0.2) ...
+    np.testing.assert_array_equal(released, np.round(released))
+    assert np.mean(released != exact) > 0.5
     # ... but only by noise of the stated scale (std 2 here), not by anything systematic.
     assert np.max(np.abs(released - exact)) < 2 * 6
+    assert record.mechanism == "discrete-gaussian"
+    assert record.l2_sensitivity == 2.0 and record.dimension == released.size
+
+
+def test_two_releases_of_the_same_table_have_different_noise():
+    """The default noise is the OS's: the same inputs never give the same release, so no one
+    can replay it (the server chose the run's seed, which no longer reaches the noise)."""
+    columns = _columns(_table())
+    first, second = (
+        _flatten(release_statistics(columns, noise_multiplier=1.0, threshold_delta=1e-6)[0])
+        for _ in range(2)
+    )
+    assert np.mean(first != second) > 0.5
+    # Seeded noise (tests and local runs only) is what replays.
+    seeded = [
+        _flatten(
+            release_statistics(
+                columns, noise_multiplier=1.0, threshold_delta=1e-6, noise=SeededNoise(3)
+            )[0]
+        )
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(*seeded)
+
+
+def test_released_sparse_categories_are_sorted():
+    """An unknown domain's categories come out in canonical order (numbers by value, then
+    strings), never in the order the rows first show them."""
+    first_seen = {"zeta": 60, 7: 100, "alpha": 140, 1.5: 180, "mango": 220, 3: 260}
+    values = pd.Series([v for v, n in first_seen.items() for _ in range(n)], dtype=object)
+    stats, _ = release_statistics(
+        {"c": CategoricalInput(values)}, noise_multiplier=0.5, threshold_delta=1e-6
+    )
+    column = stats.columns["c"]
+    assert column.categories == [1.5, 3, 7, "alpha", "mango", "zeta"]
+    for category, count in zip(column.categories, column.counts, strict=True):
+        assert abs(count - first_seen[category]) < 15, category  # counts moved along
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.7, 3.0, 12.0, 40.0, 250.0])
+def test_sparse_threshold_bounds_the_discrete_gaussian_tail(sigma):
+    """The tail bound holds against the exact pmf, and the threshold is the smallest integer
+    it clears: a singleton passes with probability at most delta / num_sparse."""
+    for m in range(1, int(12 * sigma) + 3):
+        assert _dg_tail(m, sigma) <= discrete_gaussian_tail(m, sigma) * (1 + 1e-9) + 1e-300
+    for delta, num_sparse in ((1e-6, 1), (1e-7, 3), (0.1, 2)):
+        threshold = sparse_threshold(sigma, delta=delta, num_sparse=num_sparse)
+        assert threshold == int(threshold) >= 1
+        target = delta / num_sparse
+        assert _dg_tail(int(threshold), sigma) <= target  # count 1 passes "> T" iff noise >= T
+        if threshold > 1:
+            assert discrete_gaussian_tail(int(threshold) - 1, sigma) > target
 
 
 def test_noise_std_is_noise_multiplier_times_sqrt_histograms():
@@ -110,7 +180,7 @@ def test_noise_std_is_noise_multiplier_times_sqrt_histograms():
             columns,
             noise_multiplier=noise_multiplier,
             threshold_delta=1e-6,
-            rng=np.random.default_rng(seed),
+            noise=SeededNoise(seed),
         )
         residuals.append(_flatten(stats) - exact)
         assert stats.row_count_var == pytest.approx(expected_std**2)
@@ -139,7 +209,7 @@ def test_neighbouring_tables_differ_by_one_rows_contributions(grid):
             _columns(table, grid),
             noise_multiplier=2.0,
             threshold_delta=1e-6,
-            rng=np.random.default_rng(99),
+            noise=SeededNoise(99),
         )
         return stats
 
@@ -171,7 +241,7 @@ def test_neighbour_with_missing_values_moves_only_missing_bins():
                 _columns(t),
                 noise_multiplier=1.0,
                 threshold_delta=1e-6,
-                rng=np.random.default_rng(7),
+                noise=SeededNoise(7),
             )[0]
         )
         for t in (df, neighbour)
@@ -195,7 +265,7 @@ def test_public_domain_is_released_exactly_as_declared():
             {"c": CategoricalInput(values, domain=domain)},
             noise_multiplier=1.0,
             threshold_delta=1e-6,
-            rng=np.random.default_rng(i),
+            noise=SeededNoise(i),
         )
         col = stats.columns["c"]
         assert col.categories == domain
@@ -211,14 +281,15 @@ def test_unknown_domain_releases_frequent_and_hides_singletons():
     noise_multiplier, threshold_delta = 2.0, 1e-6
     noise_std = noise_multiplier * math.sqrt(2)
     threshold = sparse_threshold(noise_std, delta=threshold_delta, num_sparse=1)
-    assert threshold == pytest.approx(1 + noise_std * 4.753424, rel=1e-5)
+    # 15 (the continuous Gaussian's 1 + 4.75 sigma would be 14.4): integer, rigorous tail
+    assert threshold == 15.0 and _dg_tail(15, noise_std) <= threshold_delta
     released_single = 0
     for seed in range(300):
         stats, record = release_statistics(
             {"c": CategoricalInput(values)},
             noise_multiplier=noise_multiplier,
             threshold_delta=threshold_delta,
-            rng=np.random.default_rng(seed),
+            noise=SeededNoise(seed),
         )
         col = stats.columns["c"]
         assert not col.public_domain
@@ -232,7 +303,8 @@ def test_unknown_domain_releases_frequent_and_hides_singletons():
 
 def test_sparse_threshold_is_calibrated_to_threshold_delta():
     # With a large threshold_delta the singleton's release probability is measurable: it must be
-    # threshold_delta / (number of sparse columns) for each column (here 0.2 / 2 = 0.1).
+    # at most threshold_delta / (number of sparse columns) for each column (0.2 / 2 = 0.1), and
+    # exactly the discrete Gaussian's tail at the threshold.
     columns = {
         name: CategoricalInput(pd.Series(["common"] * 100 + [f"{name}-single"], dtype=object))
         for name in ("p", "q")
@@ -241,13 +313,16 @@ def test_sparse_threshold_is_calibrated_to_threshold_delta():
     trials = 600
     for seed in range(trials):
         stats, _ = release_statistics(
-            columns, noise_multiplier=1.0, threshold_delta=0.2, rng=np.random.default_rng(seed)
+            columns, noise_multiplier=1.0, threshold_delta=0.2, noise=SeededNoise(seed)
         )
         for name in released:
             released[name] += f"{name}-single" in stats.columns[name].categories
-    # Binomial(600, 0.1): mean 60, s.d. 7.3.
-    for name, count in released.items():
-        assert 30 <= count <= 90, (name, count)
+    sigma = math.sqrt(3)  # noise multiplier 1, row count + 2 histograms
+    threshold = int(sparse_threshold(sigma, delta=0.2, num_sparse=2))
+    p = _dg_tail(threshold, sigma)
+    assert 0.03 < p <= 0.1
+    for name, count in released.items():  # Binomial(600, p), within 4.5 s.d.
+        assert abs(count - trials * p) <= 4.5 * math.sqrt(trials * p * (1 - p)), (name, count)
 
 
 def test_mechanism_record():
@@ -260,7 +335,7 @@ def test_mechanism_record():
             columns,
             noise_multiplier=3.5,
             threshold_delta=2e-7,
-            rng=np.random.default_rng(0),
+            noise=SeededNoise(0),
             label="stats",
         )
         assert record.label == "stats"
@@ -273,20 +348,16 @@ def test_mechanism_record():
 def test_release_rejects_bad_arguments():
     cols = _columns(_table(n=20))
     with pytest.raises(ValueError):
-        release_statistics(
-            cols, noise_multiplier=-1.0, threshold_delta=1e-6, rng=np.random.default_rng(0)
-        )
+        release_statistics(cols, noise_multiplier=-1.0, threshold_delta=1e-6, noise=SeededNoise(0))
     with pytest.raises(ValueError):
-        release_statistics(
-            {}, noise_multiplier=1.0, threshold_delta=1e-6, rng=np.random.default_rng(0)
-        )
+        release_statistics({}, noise_multiplier=1.0, threshold_delta=1e-6, noise=SeededNoise(0))
 
 
 def test_zero_noise_is_exact_and_costs_infinite_epsilon():
     df = _table(n=120, seed=8)
     columns = {**_columns(df), "shop": CategoricalInput(pd.Series(["s1"] * 119 + ["s2"]))}
     stats, record = release_statistics(
-        columns, noise_multiplier=0.0, threshold_delta=1e-6, rng=np.random.default_rng(0)
+        columns, noise_multiplier=0.0, threshold_delta=1e-6, noise=SeededNoise(0)
     )
     np.testing.assert_array_equal(_flatten(_without(stats, "shop")), _exact(df))
     assert stats.columns["shop"].categories == ["s1", "s2"]  # singletons too: nothing hidden
@@ -393,7 +464,7 @@ def test_merge_of_released_statistics():
             _columns(_table(n=100, seed=s)),
             noise_multiplier=1.0,
             threshold_delta=1e-6,
-            rng=np.random.default_rng(s),
+            noise=SeededNoise(s),
         )[0]
         for s in range(3)
     ]
@@ -414,7 +485,7 @@ def test_table_statistics_json_round_trip():
         "mcc": CategoricalInput(pd.Series(rng.choice([5411, 5812, 4111], size=400))),
     }
     stats, _ = release_statistics(
-        columns, noise_multiplier=0.5, threshold_delta=1e-6, rng=np.random.default_rng(5)
+        columns, noise_multiplier=0.5, threshold_delta=1e-6, noise=SeededNoise(5)
     )
     assert sorted(stats.columns["mcc"].categories) == [4111, 5411, 5812]
     text = json.dumps(stats.to_dict())

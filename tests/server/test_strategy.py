@@ -82,11 +82,13 @@ def trained(node_id: int, merchant: str, value: float, dp_rows: float, epsilon=0
     return Message(content, reply_to=instruction(node_id))
 
 
-def status_only(node_id: int, merchant: str, state: str, reason: str) -> Message:
-    content = RecordDict(
-        {STATUS: document({"state": state, "merchant": merchant, "reason": reason})}
-    )
-    return Message(content, reply_to=instruction(node_id))
+def status_only(
+    node_id: int, merchant: str, state: str, code: str, column: str | None = None
+) -> Message:
+    status = {"state": state, "merchant": merchant, "code": code}
+    if column is not None:
+        status["column"] = column
+    return Message(RecordDict({STATUS: document(status)}), reply_to=instruction(node_id))
 
 
 def error_reply(node_id: int, reason: str) -> Message:
@@ -98,8 +100,8 @@ def replies() -> list[Message]:
     return [
         trained(11, "merchant-0", 1.0, 100.0, epsilon=0.4),
         trained(12, "merchant-1", 3.0, 300.0, epsilon=0.6),
-        status_only(13, "merchant-2", REFUSED, "privacy budget of 'merchant-2' would be exceeded"),
-        status_only(14, "merchant-3", FAILED, "bad input: file 'merchant-3.csv': no rows"),
+        status_only(13, "merchant-2", REFUSED, "budget-exhausted"),
+        status_only(14, "merchant-3", FAILED, "bad-input", column="price"),
         error_reply(15, "ClientApp raised an exception"),
     ]
 
@@ -121,10 +123,17 @@ def test_sort_replies_splits_outcomes_and_keeps_ledgers(replies):
     ]
     assert set(outcome) == {"merchant-0", "merchant-1", "merchant-2", "merchant-3", "node-15"}
     assert outcome["merchant-0"] == {"state": OK, "num-examples": 100.0, "epsilon": 0.4}
-    assert outcome["merchant-2"]["state"] == REFUSED and "budget" in outcome["merchant-2"]["reason"]
+    assert outcome["merchant-2"] == {
+        "state": REFUSED,
+        "code": "budget-exhausted",
+        "reason": "budget-exhausted",
+    }
+    # A merchant says why by a code and a public column only; the server words it.
     assert outcome["merchant-3"] == {
         "state": FAILED,
-        "reason": "bad input: file 'merchant-3.csv': no rows",
+        "code": "bad-input",
+        "column": "price",
+        "reason": "bad-input (column 'price')",
     }
     assert outcome["node-15"] == {"state": FAILED, "reason": "ClientApp raised an exception"}
     # Ledgers: updated for the merchants that sent one, kept for the one that did not.

@@ -16,6 +16,11 @@ def test_fit_writes_a_run_folder_and_sample_reads_it(tmp_path, capsys):
     audit = json.loads((out / "audit.json").read_text())
     assert 0 < audit["privacy"]["epsilon"] <= 1.0
     assert 0 <= audit["quality"] <= 1
+    # The exact row count is the owner's local view: labelled, and not in the artifact.
+    assert audit["rows"] == len(load_dataset("oj").table)
+    assert "local view" in audit["view"].lower()
+    for path in (out / "synthesizer").rglob("*.json"):
+        assert '"rows"' not in path.read_text(), path
     capsys.readouterr()
     assert (
         main(

@@ -32,6 +32,7 @@ from client.state import MerchantState
 from privacy.ledger import RDP_ORDERS
 from server.app import ARTIFACT, make_server_app
 from simulations.datasets import load_dataset
+from simulations.runner import simulated_policy
 from synth_models.artifact import load_artifact
 from synth_models.federation import (
     ARRAYS,
@@ -39,6 +40,7 @@ from synth_models.federation import (
     DOCUMENT_KEY,
     FAILED,
     LEDGER,
+    MARGINALS,
     METRICS,
     OK,
     REFUSED,
@@ -96,6 +98,7 @@ def simulate(
             state_dir=str(state_dir),
             torch_threads=1,
             holdout_fraction=holdout,
+            policy=simulated_policy(config),
             mods=list(mods),
         ),
         num_supernodes=merchants,
@@ -383,13 +386,16 @@ def test_nothing_row_level_or_exact_leaves_a_merchant(federation, partition):
     for reply in replies:
         documents = _documents(reply)
         metrics = reply["records"].get(METRICS, {}).get("body", {})
-        # The aggregation weight is the DP row count, not the exact one.
+        # The aggregation weight is the DP row count, not the exact one. (A DP count is an
+        # integer now, the exact count plus discrete Gaussian noise: it can equal the exact one
+        # by chance, ~1/(sigma sqrt(2 pi)), which its DP guarantee covers; so no "!= exact".)
         if metrics:
             assert metrics["num-examples"] == state.dp_rows
-            assert metrics["num-examples"] != exact
             assert metrics["sample-rate"] != pytest.approx(100 / exact, rel=1e-12)
-        # No number anywhere in the reply is an exact count of rows (all, trained, held out).
-        assert not real_counts & set(_numbers([documents, metrics]))
+        # No number outside the noisy count tables is an exact count of rows (all, trained,
+        # held out); the tables' noisy integer counts are checked for noise below.
+        outside = {k: v for k, v in documents.items() if k not in (STATISTICS, MARGINALS)}
+        assert not real_counts & set(_numbers([outside, metrics]))
         # No list as long as the table (a column of per-row values), and no column's values.
         columns = [table[c].tolist() for c in table.columns]
         for values in _lists(documents):
@@ -401,28 +407,33 @@ def test_nothing_row_level_or_exact_leaves_a_merchant(federation, partition):
     (statistics_reply,) = _replies(federation, partition, STATISTICS_MESSAGE)
     statistics = _documents(statistics_reply)[STATISTICS]
     assert statistics["row_count"] == state.dp_rows
-    assert not float(statistics["row_count"]).is_integer()
-    assert statistics["row_count"] != exact
+    # Integer counts plus the merchant's own integer (discrete Gaussian) noise.
+    assert float(statistics["row_count"]).is_integer() and statistics["row_count_var"] > 0
     for name, column in statistics["columns"].items():
         counts = [*column["counts"], column["missing"], *(column["decimals"] or [])]
         assert counts, name
-        assert not any(float(c).is_integer() for c in counts), f"{name}: exact counts released"
+        assert all(float(c).is_integer() for c in counts), f"{name}: not discrete Gaussian"
+        assert column["noise_var"] > 0, f"{name}: exact counts released"
 
 
 def test_a_bad_merchant_fails_naming_file_column_and_problem(federation):
     outcome = federation["rounds"][0]["merchants"]["merchant-3"]
     assert outcome["state"] == FAILED
-    reason = outcome["reason"]
-    assert str(federation["bad_file"]) in reason
-    assert "'price'" in reason
-    assert "missing column" in reason
+    # The server is told a code and the public column, nothing of the table.
+    assert outcome["code"] == "bad-input" and outcome["column"] == "price"
+    assert outcome["reason"] == "bad-input (column 'price')"
     for entry in federation["rounds"][1:]:
         assert entry["merchants"]["merchant-3"]["state"] == FAILED
-        assert "'price'" in entry["merchants"]["merchant-3"]["reason"]
+        assert entry["merchants"]["merchant-3"]["reason"] == "bad-input (column 'price')"
+    # The merchant's own events log (beside its ledger file) names file, column and problem.
+    events = (federation["state_dir"] / "merchant-3.log").read_text()
+    assert str(federation["bad_file"]) in events
+    assert "'price'" in events and "missing column" in events
     # Its replies held a status only: no statistics, ledger, weights or metrics.
     for reply in _replies(federation, 3):
         assert set(reply["records"]) == {STATUS}
-    assert not (federation["state_dir"] / "merchant-3.json").exists()
+    # Nothing was spent: its state file holds only the schema it pinned.
+    assert read_state(federation["state_dir"], "merchant-3").epsilon == 0.0
     # The others finished the run.
     assert (federation["run_dir"] / ARTIFACT).exists()
     assert federation["rounds"][-1]["round"] == 2
@@ -521,8 +532,7 @@ def test_a_round_past_the_budget_is_refused_by_every_merchant(resumed):
     assert round4["aggregated"] is False
     for merchant in GOOD:
         outcome = round4["merchants"][merchant]
-        assert outcome["state"] == REFUSED
-        assert "budget" in outcome["reason"] and merchant in outcome["reason"]
+        assert outcome["state"] == REFUSED and outcome["code"] == "budget-exhausted"
     # The model is the round-3 model, the ledgers did not move.
     assert set(third["weights"]) == set(second["weights"])
     assert all(torch.equal(third["weights"][k], second["weights"][k]) for k in third["weights"])
@@ -542,24 +552,46 @@ def test_no_ledger_ever_exceeds_its_budget(resumed):
                     assert result["epsilon"] <= BUDGET * (1 + 1e-9)
 
 
-def test_every_good_merchant_audited_on_its_own_rows(federation):
-    for partition in range(len(GOOD)):
+def test_every_good_merchant_keeps_its_full_audit_locally(federation):
+    for partition, merchant in enumerate(GOOD):
+        # What left the merchant: that it wrote its report, no number computed on its rows.
         (reply,) = _replies(federation, partition, "evaluate")
-        audit = _documents(reply)[AUDIT]
+        assert _documents(reply)[AUDIT] == {"local_report": True}
+        # Its local report (its premises: the state dir) has the full audit on its own rows.
+        folder = federation["state_dir"] / f"{merchant}-audit"
+        local = json.loads((folder / "report.json").read_text())
+        audit = local["audit"]
         assert {"fidelity", "utility", "attack", "heuristics"} <= set(audit)
         assert 0.0 <= audit["fidelity"]["quality"] <= 1.0
+        assert 0.0 <= audit["utility"]["tstr"] <= 1.0
         assert 0.0 <= audit["attack"]["auc"] <= 1.0
         assert audit["attack"]["empirical_epsilon"]["epsilon_lower_bound"] <= BUDGET
+        assert "local view" in local["view"].lower()
+        assert "data:image/png;base64," in (folder / "report.html").read_text()
+    assert not (federation["state_dir"] / "merchant-3-audit").exists()
 
 
-def test_the_server_writes_the_federated_report(federation):
+def test_the_server_writes_the_federated_report_from_dp_releases_only(federation):
     report = json.loads((federation["run_dir"] / "report" / "report.json").read_text())
-    assert set(report["audit"]["merchants"]) == set(GOOD)
+    audit = report["audit"]
+    assert audit["merchants"] == {
+        **{m: {"state": OK, "local_report": True} for m in GOOD},
+        "merchant-3": {"state": FAILED, "local_report": False},
+    }
     assert report["verdict"]["epsilon"] <= BUDGET
-    reasons = [f["reason"] for f in report["audit"]["failures"] if f["merchant"] == "merchant-3"]
+    # No warm start: the schema round's statistics are the only release it is scored against.
+    assert set(audit["dp_fidelity"]["releases"]) == {"statistics"}
+    assert audit["dp_fidelity"]["releases"]["statistics"]["contributors"] == len(GOOD)
+    assert (federation["run_dir"] / "releases" / "statistics.json").exists()
+    reasons = [
+        f["reason"]
+        for f in audit["failures"]
+        if f["merchant"] == "merchant-3" and f["round"] != "audit"
+    ]
     assert reasons and all("price" in r for r in reasons)
     html = (federation["run_dir"] / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "merchant-3" in html
+    assert "TSTR" not in html and "Membership inference" not in html
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch.func import functional_call, grad, vmap
 import synth_models.training as training
 from privacy.calibration import calibrate_noise_multiplier
 from privacy.ledger import BudgetExceededError, PrivacyLedger
+from privacy.noise import SeededNoise
 from privacy.statistics import release_statistics
 from synth_models.dp import make_training_parts, row_loader
 from synth_models.encoder import TableEncoder, statistics_inputs
@@ -55,7 +56,7 @@ def encoder() -> TableEncoder:
         statistics_inputs(frame, schema),
         noise_multiplier=0.0,
         threshold_delta=0.0,
-        rng=np.random.default_rng(0),
+        noise=SeededNoise(0),
     )
     enc = TableEncoder.from_statistics(schema, stats)
     enc.rows = torch.as_tensor(enc.transform(frame))  # test convenience
@@ -101,7 +102,7 @@ def parts_for(
         noise_multiplier=noise,
         max_grad_norm=clip,
         ledger=book if book is not None or noise is None else ledger(),
-        noise_generator=torch.Generator().manual_seed(123),
+        noise=SeededNoise(123),
     )
 
 
@@ -176,6 +177,48 @@ def test_noise_has_the_calibrated_scale(encoder: TableEncoder) -> None:
     assert len(difference) > 3000
     assert difference.std().item() == pytest.approx(expected, rel=0.05)
     assert abs(difference.mean().item()) < 4 * expected / math.sqrt(len(difference))
+
+
+def test_dp_noise_and_batches_come_from_the_noise_source(encoder: TableEncoder) -> None:
+    """Same model, batch, loader seed and torch seeds: by default (``SecureNoise``) two DP steps
+    differ, so nobody holding the seeds can replay the noise; with the same ``SeededNoise``
+    (tests only) they are equal. The Poisson batches follow the source the same way."""
+
+    def step(noise) -> tuple[torch.Tensor, list[int]]:
+        model = vae(encoder)
+        loader = row_loader(encoder.rows, batch_size=BATCH, generator=torch.Generator())
+        loader.generator.manual_seed(0)
+        parts = make_training_parts(
+            module=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+            criterion=ELBOLoss(model.spans),
+            loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            ledger=ledger(),
+            **({} if noise is None else {"noise": noise}),
+        )
+        sizes = [len(b) for b, _ in zip(parts.batches(), range(3), strict=False)]
+        torch.manual_seed(1)
+        vae_step(parts, encoder.rows[:BATCH])
+        parts.close()
+        return flat(model), sizes
+
+    (a, a_sizes), (b, b_sizes) = step(None), step(None)
+    assert not torch.equal(a, b)
+    assert a_sizes != b_sizes  # 3 Poisson batches of ~64 rows: equal by chance ~1e-4
+    (c, c_sizes), (d, d_sizes) = step(SeededNoise(5)), step(SeededNoise(5))
+    assert torch.equal(c, d) and c_sizes == d_sizes
+
+
+def test_poisson_batches_have_the_sample_rate(encoder: TableEncoder) -> None:
+    parts = parts_for(vae(encoder), ELBOLoss(vae(encoder).spans), encoder.rows, noise=1.0)
+    assert parts.steps_per_epoch == NUM_ROWS // BATCH
+    sizes = [len(b) for _ in range(50) for b in parts.batches()]
+    # Binomial(256, 1/4) batches: mean 64, s.d. 6.9; 200 of them
+    assert np.mean(sizes) == pytest.approx(BATCH, abs=5 * 6.93 / math.sqrt(len(sizes)))
+    assert np.std(sizes) == pytest.approx(math.sqrt(NUM_ROWS * 0.25 * 0.75), rel=0.2)
+    parts.close()
 
 
 # -- per-sample clipping ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from privacy.noise import SeededNoise
 from privacy.statistics import release_statistics
 from synth_models.encoder import (
     BOUNDED_BINS,
@@ -90,7 +91,7 @@ def exact_encoder(frame: pd.DataFrame, schema: TableSchema) -> TableEncoder:
         statistics_inputs(frame, schema),
         noise_multiplier=0.0,
         threshold_delta=0.0,
-        rng=np.random.default_rng(1),
+        noise=SeededNoise(1),
     )
     return TableEncoder.from_statistics(schema, stats)
 
@@ -102,7 +103,7 @@ def dp_encoder(
         statistics_inputs(frame, schema),
         noise_multiplier=noise,
         threshold_delta=1e-6,
-        rng=np.random.default_rng(seed),
+        noise=SeededNoise(seed),
     )
     return TableEncoder.from_statistics(schema, stats)
 

@@ -11,14 +11,21 @@ import pandas as pd
 import pytest
 import torch
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from scipy.stats import norm
 
-from client.guard import reply_problems
 from client.merchant import marginals_round
 from client.state import MerchantState
-from privacy.ledger import RDP_ORDERS, BudgetExceededError, MechanismRecord, PrivacyLedger
+from privacy.ledger import (
+    DISCRETE_GAUSSIAN,
+    RDP_ORDERS,
+    BudgetExceededError,
+    MechanismRecord,
+    PrivacyLedger,
+)
+from privacy.noise import SeededNoise
 from simulations.datasets import load_dataset
 from synth_models.encoder import TableEncoder
-from synth_models.federation import DOCUMENT_KEY, MARGINALS, MAX_MARGINAL_DOMAIN, dumps
+from synth_models.federation import MAX_MARGINAL_DOMAIN, dumps
 from synth_models.marginal_fit import choose_tree, fit_marginal_model, release_marginals
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import (
@@ -51,9 +58,7 @@ def pizza():
 def encoder(pizza) -> TableEncoder:
     schema, table = pizza
     ledger = PrivacyLedger(epsilon_budget=EPSILON, delta=DELTA)
-    stats = release_encoder_statistics(
-        table, schema, ledger, epsilon=0.1, rng=np.random.default_rng(0)
-    )
+    stats = release_encoder_statistics(table, schema, ledger, epsilon=0.1, noise=SeededNoise(0))
     return TableEncoder.from_statistics(schema, stats)
 
 
@@ -77,12 +82,17 @@ def test_discretize_follows_the_encoder_domains(pizza, encoder) -> None:
 
 
 def _independent_epsilon(records: list[MechanismRecord], delta: float) -> float:
-    """Epsilon recomputed without the ledger: Gaussian RDP alpha / (2 sigma^2) for q = 1,
-    Opacus' subsampled-Gaussian RDP otherwise, summed and converted once."""
+    """Epsilon recomputed without the ledger: a discrete Gaussian release's RDP from its
+    recorded cell noise and sensitivity, alpha * Delta2^2 / (2 sigma^2) (CKS20), the Gaussian
+    alpha / (2 sigma^2) for q = 1, Opacus' subsampled-Gaussian RDP otherwise, summed and
+    converted once."""
     orders = np.asarray(RDP_ORDERS)
     rdp = np.zeros(len(orders))
     for r in records:
-        if r.sample_rate == 1.0:
+        if r.mechanism == DISCRETE_GAUSSIAN:
+            cell_std = r.noise_multiplier * r.l2_sensitivity
+            rdp += r.steps * orders * r.l2_sensitivity**2 / (2 * cell_std**2)
+        elif r.sample_rate == 1.0:
             rdp += r.steps * orders / (2 * r.noise_multiplier**2)
         else:
             rdp += np.asarray(
@@ -103,18 +113,29 @@ def test_ledger_epsilon_equals_independent_recomputation(pizza, encoder, dp_sgd)
     independent RDP recomputation, alone and composed with an earlier DP-SGD spend."""
     schema, table = pizza
     ledger = PrivacyLedger(epsilon_budget=EPSILON, delta=DELTA)
-    release_encoder_statistics(table, schema, ledger, epsilon=0.1, rng=np.random.default_rng(1))
+    release_encoder_statistics(table, schema, ledger, epsilon=0.1, noise=SeededNoise(1))
     if dp_sgd:
         ledger.record(MechanismRecord("dp-sgd", 2.0, 0.01, 50))
     model = MarginalModel(encoder)
-    rng = np.random.default_rng(2)
-    selection = release_marginals(table, model=model, ledger=ledger, phase=SELECTION, rng=rng)
+    noise = SeededNoise(2)
+    selection = release_marginals(table, model=model, ledger=ledger, phase=SELECTION, noise=noise)
     tree = choose_tree(selection, len(model.sizes))
-    release_marginals(table, model=model, ledger=ledger, phase=MEASUREMENT, tree=tree, rng=rng)
+    measurement = release_marginals(
+        table, model=model, ledger=ledger, phase=MEASUREMENT, tree=tree, noise=noise
+    )
     labels = [r.label for r in ledger.records]
     assert labels[-2:] == [SELECTION_LABEL, MEASUREMENT_LABEL]
     assert labels[0] == STATISTICS_LABEL
     assert all(r.sample_rate == 1.0 and r.steps == 1 for r in ledger.records[-2:])
+    # every counting release is a discrete Gaussian one, its shape on record
+    assert [r.mechanism for r in ledger.records if r.label != "dp-sgd"] == [DISCRETE_GAUSSIAN] * 3
+    for release, record in ((selection, ledger.records[-2]), (measurement, ledger.records[-1])):
+        cells = sum(t.size for t in release.tables) + sum(t.size for t in release.atom_tables)
+        assert record.dimension == cells
+        assert record.l2_sensitivity**2 == pytest.approx(
+            release.sensitivity_squared(model.atom_weight)
+        )
+        assert all(np.array_equal(t, np.round(t)) for t in release.tables)  # integer counts
     # the statistics release thresholds categories only for unknown domains (none here)
     assert ledger.extra_delta == 0.0
     expected = _independent_epsilon(ledger.records, DELTA)
@@ -130,7 +151,7 @@ def test_ledger_epsilon_equals_independent_recomputation(pizza, encoder, dp_sgd)
     assert selection.noise_var == pytest.approx(record.noise_multiplier**2 * worth)
     # nothing left: the next release is refused before it runs
     with pytest.raises(BudgetExceededError):
-        release_marginals(table, model=model, ledger=ledger, phase=SELECTION, rng=rng)
+        release_marginals(table, model=model, ledger=ledger, phase=SELECTION, noise=noise)
 
 
 def test_noise_is_gaussian_with_the_recorded_scale(pizza, encoder) -> None:
@@ -145,13 +166,35 @@ def test_noise_is_gaussian_with_the_recorded_scale(pizza, encoder) -> None:
         sizes=sizes,
         cliques=pairs,
         noise_multiplier=3.0,
-        rng=np.random.default_rng(3),
+        noise=SeededNoise(3),
         label=SELECTION_LABEL,
     )
     noise = np.concatenate([(n - e).ravel() for n, e in zip(release.tables, exact, strict=True)])
-    assert record == MechanismRecord(SELECTION_LABEL, 3.0, 1.0, 1)
+    cells = sum(t.size for t in exact)
+    assert record == MechanismRecord(
+        SELECTION_LABEL, 3.0, 1.0, 1, mechanism=DISCRETE_GAUSSIAN,
+        l2_sensitivity=math.sqrt(len(pairs)), dimension=cells,
+    )  # fmt: skip
+    assert np.array_equal(noise, np.round(noise))  # integer noise on integer counts
     assert noise.std() == pytest.approx(3.0 * math.sqrt(len(pairs)), rel=0.05)
     assert abs(noise.mean()) < 4 * noise.std() / math.sqrt(noise.size)
+
+
+def test_the_same_release_twice_has_different_noise(pizza, encoder) -> None:
+    """Default noise is the OS's (``SecureNoise``): nobody can replay a release."""
+    _, table = pizza
+    domains = column_domains(encoder, max_bins=16)
+    sizes, codes = [d.size for d in domains], discretize(table.head(2000), encoder, domains)
+    pairs = all_pairs(len(sizes))
+    first, second = (
+        measure_marginals(
+            codes, sizes=sizes, cliques=pairs, noise_multiplier=2.0, label=SELECTION_LABEL
+        )[0]
+        for _ in range(2)
+    )
+    pairs_of_tables = zip(first.tables, second.tables, strict=True)
+    cells = np.concatenate([(a != b).ravel() for a, b in pairs_of_tables])
+    assert cells.mean() > 0.5
 
 
 def test_summed_merchant_marginals_equal_the_pooled_marginals_in_expectation(
@@ -169,7 +212,7 @@ def test_summed_merchant_marginals_equal_the_pooled_marginals_in_expectation(
         discretize(sample, encoder, model.domains), model.sizes, model.measurement_cliques(tree)
     )
     differences, variances = [], []
-    for repeat in range(40):
+    for _ in range(40):
         releases = []
         for i, rows in enumerate(merchants):
             # a fresh budget each repetition (the DP row count came from a schema round)
@@ -183,7 +226,6 @@ def test_summed_merchant_marginals_equal_the_pooled_marginals_in_expectation(
                 delta=DELTA,
                 phase=MEASUREMENT,
                 tree=[list(p) for p in tree],
-                seed=1000 + repeat * 10 + i,
                 source="test",
             )
             assert metrics["epsilon"] <= EPSILON
@@ -198,11 +240,14 @@ def test_summed_merchant_marginals_equal_the_pooled_marginals_in_expectation(
         variances.append(total.noise_var)
     differences = np.asarray(differences)
     var = float(np.mean(variances))
-    # unbiased: the mean over repetitions of every cell is within 4.5 standard errors of 0
+    # The merchants' noise is their own (SecureNoise, not seeded): bounds that fail by chance
+    # with probability below 1e-6. Unbiased: every cell's mean over repetitions is within
+    # z standard errors of 0 (Bonferroni over the cells) ...
     standard_error = math.sqrt(var / len(differences))
-    assert np.abs(differences.mean(axis=0)).max() < 4.5 * standard_error
-    # and the spread is the summed noise of the merchants
-    assert differences.var() == pytest.approx(var, rel=0.05)
+    z = float(norm.isf(1e-6 / (2 * differences.shape[1])))
+    assert np.abs(differences.mean(axis=0)).max() < z * standard_error
+    # ... and the spread is the summed noise of the merchants (within 5 s.d. of the estimate)
+    assert differences.var() == pytest.approx(var, rel=5 * math.sqrt(2 / differences.size))
     # exact counts sum exactly
     exact = merge_releases(
         [
@@ -211,7 +256,7 @@ def test_summed_merchant_marginals_equal_the_pooled_marginals_in_expectation(
                 sizes=model.sizes,
                 cliques=model.measurement_cliques(tree),
                 noise_multiplier=0.0,
-                rng=np.random.default_rng(0),
+                noise=SeededNoise(0),
                 label=MEASUREMENT_LABEL,
             )[0]
             for rows in merchants
@@ -237,10 +282,10 @@ def test_noisy_selection_finds_the_strong_pairs(pizza, encoder) -> None:
     """At epsilon = 1 the private tree holds name-type, name-price and size-price."""
     schema, table = pizza
     ledger = PrivacyLedger(epsilon_budget=EPSILON, delta=DELTA)
-    release_encoder_statistics(table, schema, ledger, epsilon=0.1, rng=np.random.default_rng(4))
+    release_encoder_statistics(table, schema, ledger, epsilon=0.1, noise=SeededNoise(4))
     model = MarginalModel(encoder)
     selection = release_marginals(
-        table, model=model, ledger=ledger, phase=SELECTION, rng=np.random.default_rng(5)
+        table, model=model, ledger=ledger, phase=SELECTION, noise=SeededNoise(5)
     )
     names = [d.name for d in model.domains]
     tree = {(names[a], names[b]) for a, b in choose_tree(selection, len(names))}
@@ -248,39 +293,52 @@ def test_noisy_selection_finds_the_strong_pairs(pizza, encoder) -> None:
     assert len(tree) == len(names) - 1
 
 
-def _reply(document: dict):
-    from flwr.app import ConfigRecord, RecordDict
+def _problems(document: dict, encoder, record, **model_options) -> list[str]:
+    """What the merchant's reply guard says of a selection release (``client.release_checks``),
+    with the ledger record of the release that made it."""
+    from dataclasses import asdict
 
-    return RecordDict({MARGINALS: ConfigRecord({DOCUMENT_KEY: dumps(document)})})
+    from client.release_checks import marginal_problems
+
+    request = {"encoder": encoder.to_dict(), "phase": "selection", "model_options": model_options}
+    ledger = {"records": [asdict(record)]}
+    return marginal_problems(
+        json.loads(json.dumps(document)), request=request, ledger=ledger, private=True
+    )
 
 
 def test_guard_lets_noisy_marginals_out_and_nothing_per_row(encoder, pizza) -> None:
     _, table = pizza
-    model = MarginalModel(encoder)
+    model = MarginalModel(encoder, atom_weight=1.0)
     codes = discretize(table.head(500), encoder, model.domains)
-    release, _ = measure_marginals(
+    atoms = count_atoms(table.head(500), encoder, model.atom_columns())
+    release, record = measure_marginals(
         codes,
         sizes=model.sizes,
         cliques=all_pairs(len(model.sizes)),
         noise_multiplier=1.0,
-        rng=np.random.default_rng(0),
+        noise=SeededNoise(0),
         label=SELECTION_LABEL,
+        atom_counts=atoms,
     )
-    assert reply_problems(_reply(release.to_dict())) == []
+    assert _problems(release.to_dict(), encoder, record, atom_weight=1.0) == []
     rows = pd.Series(table["price"].head(MAX_MARGINAL_DOMAIN + 1)).tolist()
     per_row = {**release.to_dict(), "cliques": [[6]], "shapes": [[len(rows)]], "tables": [rows]}
-    assert "not a column or pair domain" in " ".join(reply_problems(_reply(per_row)))
-    lying = {**release.to_dict(), "shapes": [[2, 2]] * len(release.cliques)}
-    assert "is not a [2, 2] table" in " ".join(reply_problems(_reply(lying)))
-    extra = {**release.to_dict(), "rows": [1, 2, 3]}
-    assert reply_problems(_reply(extra))
+    assert "not the ones the request's phase measures" in " ".join(
+        _problems(per_row, encoder, record, atom_weight=1.0)
+    )
+    document = release.to_dict()
+    lying = {**document, "shapes": [[2, 2]] * len(document["shapes"])}
+    assert _problems(lying, encoder, record, atom_weight=1.0)
+    extra = {**document, "rows": [1, 2, 3]}
+    assert _problems(extra, encoder, record, atom_weight=1.0)
     three_way = {
-        **release.to_dict(),
+        **document,
         "cliques": [[0, 1, 2]],
         "shapes": [[2, 2, 2]],
         "tables": [[[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]],
     }
-    assert reply_problems(_reply(three_way))
+    assert _problems(three_way, encoder, record, atom_weight=1.0)
 
 
 def test_atom_tables_travel_as_one_way_tables_and_add_up(encoder, pizza) -> None:
@@ -299,7 +357,7 @@ def test_atom_tables_travel_as_one_way_tables_and_add_up(encoder, pizza) -> None
         sizes=model.sizes,
         cliques=all_pairs(len(model.sizes)),
         noise_multiplier=1.0,
-        rng=np.random.default_rng(0),
+        noise=SeededNoise(0),
         label=SELECTION_LABEL,
         atom_counts=exact,
         atom_weight=4.0,
@@ -313,7 +371,7 @@ def test_atom_tables_travel_as_one_way_tables_and_add_up(encoder, pizza) -> None
         (release.noise_var / 4.0) ** 0.5, rel=0.1
     )
     document = release.to_dict()
-    assert reply_problems(_reply(document)) == []
+    assert _problems(document, encoder, record, atom_weight=4.0) == []
     back = MarginalRelease.from_dict(json.loads(json.dumps(document)))
     assert back.cliques == release.cliques and len(back.atom_tables) == len(names)
     merged = merge_releases([back, back])
@@ -327,7 +385,7 @@ def test_rebin_takes_the_atoms_the_release_shows(encoder, pizza) -> None:
     _, table = pizza
     own = TableEncoder.from_dict(encoder.to_dict())  # rebinning replaces transforms in place
     model = MarginalModel(own)
-    fit_marginal_model(model, table, ledger=None, rng=np.random.default_rng(0))
+    fit_marginal_model(model, table, ledger=None, noise=SeededNoise(0))
     t = own.transforms["price"]
     menu = set(np.round(table["price"].unique(), 2))
     assert set(np.round(t.atoms, 2)) == menu | {9.75, 35.95}

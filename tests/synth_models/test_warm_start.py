@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from privacy.noise import SeededNoise
 from privacy.statistics import release_statistics
 from server.config import FederationConfig
 from synth_models.encoder import TableEncoder, statistics_inputs
@@ -53,7 +54,7 @@ def encoder(table: pd.DataFrame) -> TableEncoder:
         statistics_inputs(table, schema),
         noise_multiplier=0.0,
         threshold_delta=0.0,
-        rng=np.random.default_rng(0),
+        noise=SeededNoise(0),
     )
     return TableEncoder.from_statistics(schema, stats)
 
@@ -66,7 +67,7 @@ def kind_matches_item(network: VAEModel, encoder: TableEncoder) -> float:
 
 def test_warm_start_alone_teaches_the_network_a_pair_dependency(table, encoder) -> None:
     marginal = marginal_for_warm_start(encoder)
-    fit_marginal_model(marginal, table, ledger=None, rng=np.random.default_rng(0))
+    fit_marginal_model(marginal, table, ledger=None, noise=SeededNoise(0))
     torch.manual_seed(0)
     network = VAEModel(marginal.encoder, hidden=(64, 64))
     before = kind_matches_item(network, marginal.encoder)
@@ -85,7 +86,7 @@ def test_warm_start_alone_teaches_the_network_a_pair_dependency(table, encoder) 
 def test_the_marginal_fit_leaves_the_networks_encoder_alone(table, encoder) -> None:
     before = encoder.to_dict()
     marginal = marginal_for_warm_start(encoder)
-    fit_marginal_model(marginal, table, ledger=None, rng=np.random.default_rng(0))
+    fit_marginal_model(marginal, table, ledger=None, noise=SeededNoise(0))
     assert marginal.encoder is not encoder
     assert encoder.to_dict() == before
 
