@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -32,7 +33,24 @@ from client.merchant import (
     train_round,
 )
 from client.policy import MerchantPolicy, PolicyRefusal
-from client.state import LedgerLockedError, MerchantState, ledger_lock, load_state, save_state
+from client.state import (
+    LedgerLockedError,
+    MerchantState,
+    keep_release,
+    ledger_lock,
+    load_state,
+    release_key,
+    replayed_release,
+    request_digest,
+    save_state,
+)
+from privacy.claims import (
+    generate_key,
+    load_or_create_key,
+    load_private_key,
+    private_key_from_bytes,
+    sign_ledger,
+)
 from privacy.ledger import BudgetExceededError, PrivacyLedger
 from synth_models.encoder import TableEncoder
 from synth_models.federation import (
@@ -53,6 +71,7 @@ from synth_models.federation import (
 )
 from synth_models.io import load_metadata
 from synth_models.schema import DataError, TableSchema
+from synth_models.synthesizer import check_model_size
 from synth_models.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -142,8 +161,15 @@ def make_client_app(
                 state = load_state(merchant, node_state=context.state, path=path)
                 try:
                     schema = pinned_schema(config, own_policy, state)
+                    check_model_request(config)
                     public_columns = frozenset(spec.name for spec in schema.columns)
                     adopt_policy(state, own_policy, private=_private(config))
+                    key = release_key(config, msg.metadata.message_type)
+                    digest = request_digest(msg.content)
+                    replay = replayed_release(state, path, key, digest)
+                    if replay is not None:  # a retried or resumed round: no new privacy cost
+                        logger.info("%s: %s answered with its earlier release", merchant, key)
+                        return Message(replay, reply_to=msg)
                     source = table_path(context)
                     table = load_merchant_table(source, schema)
                     fraction = float(_setting(context, "holdout-fraction", holdout_fraction) or 0)
@@ -151,8 +177,9 @@ def make_client_app(
                     table, holdout = row_wise_holdout(table, fraction, salt=merchant)
                     content = work(msg, config, schema, table, str(source), state, holdout)
                     if state.ledger is not None:
-                        content[LEDGER] = _ledger_record(state)
+                        content[LEDGER] = _ledger_record(state, context, path, config)
                     content[STATUS] = _status_record(merchant, OK, "done")
+                    keep_release(state, path, key, digest, content)
                     return Message(content, reply_to=msg)
                 finally:
                     # Steps that ran are spent even if the round failed afterwards: persist.
@@ -292,6 +319,19 @@ def pinned_schema(config: dict, policy: MerchantPolicy, state: MerchantState) ->
     return requested
 
 
+def check_model_request(config: dict) -> None:
+    """A model the server asks for is counted before anything is built: options such as
+    ``hidden: [20000, 20000]`` would otherwise make the merchant allocate gigabytes."""
+    if "encoder" not in config or "model" not in config:
+        return
+    try:
+        check_model_size(
+            config["model"], TableEncoder.from_dict(config["encoder"]), config.get("model_options")
+        )
+    except (ValueError, TypeError) as exc:
+        raise PolicyRefusal("bad-request", str(exc)) from exc
+
+
 def adopt_policy(state: MerchantState, policy: MerchantPolicy, *, private: bool) -> None:
     """The ledger's budget and delta are the merchant's own, whatever the server asks."""
     if not private:
@@ -314,8 +354,37 @@ def _private(config: dict) -> bool:
     return config.get("epsilon") is not None and not math.isinf(float(config["epsilon"]))
 
 
-def _ledger_record(state: MerchantState) -> ConfigRecord:
-    return ConfigRecord({DOCUMENT_KEY: dumps(state.ledger.state_dict())})
+SIGNING_KEY_RECORD = "fedsynth-signing-key"  # a simulated node's key, without a ledger file
+
+
+def signing_key(context: Context, path: Path | None):
+    """The key this merchant signs its ledger with: node config ``signing-key-path`` (in
+    deployment the SuperNode's own ``--auth-supernode-private-key``, an OpenSSH ECDSA key);
+    else an ed25519 key made once beside its ledger file (``<state-path>`` with suffix
+    ``.key``, mode 0600); else one made once for this node's state (one run)."""
+    if "signing-key-path" in context.node_config:
+        return load_private_key(str(context.node_config["signing-key-path"]))
+    if path is not None:
+        return load_or_create_key(path.with_suffix(".key"))
+    record = context.state.config_records.get(SIGNING_KEY_RECORD)
+    if record is None:
+        key = generate_key()
+        pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+        context.state.config_records[SIGNING_KEY_RECORD] = ConfigRecord({"pem": pem})
+        return key
+    return private_key_from_bytes(str(record["pem"]).encode())
+
+
+def _ledger_record(
+    state: MerchantState, context: Context, path: Path | None, config: dict
+) -> ConfigRecord:
+    """The ledger summary, signed with this merchant's key (``privacy/claims.py``)."""
+    signed = sign_ledger(
+        state.ledger.state_dict(),
+        signing_key(context, path),
+        round=int(config.get("server_round") or 0),
+    )
+    return ConfigRecord({DOCUMENT_KEY: dumps(signed)})
 
 
 def _status_record(merchant: str, state: str, code: str, column: str | None = None) -> ConfigRecord:

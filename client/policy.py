@@ -28,7 +28,7 @@ ALL_MESSAGES = (STATISTICS_MESSAGE, MARGINALS_MESSAGE, TRAIN_MESSAGE, EVALUATE_M
 # Node-config keys of a policy (kebab-case, like the rest of Flower's config).
 POLICY_KEYS = (
     "epsilon-budget", "max-delta", "allow-non-private", "allowed-models", "allowed-messages",
-    "metadata-path", "require-ledger-path",
+    "metadata-path", "require-ledger-path", "approved-apps",
 )  # fmt: skip
 
 
@@ -49,7 +49,9 @@ class MerchantPolicy:
     ``allowed_models`` / ``allowed_messages``: what it answers; ``metadata_path``: the public
     metadata it answers for (a server schema that differs is refused; without it the first
     schema seen is pinned in the ledger file); ``require_ledger_path``: refuse to spend without
-    a ledger file on its own disk (always true in deployment)."""
+    a ledger file on its own disk (always true in deployment); ``approved_apps``: the app
+    bundles (FAB SHA-256 hashes, or files listing them) this merchant's SuperExec runs, checked
+    before any of an app's code runs (``client/approval.py``; none: every app is refused)."""
 
     epsilon_budget: float = 1.0
     max_delta: float = 1e-5
@@ -58,6 +60,7 @@ class MerchantPolicy:
     allowed_messages: tuple[str, ...] = ALL_MESSAGES
     metadata_path: str | None = None
     require_ledger_path: bool = False
+    approved_apps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.epsilon_budget > 0 and not math.isnan(self.epsilon_budget)):
@@ -92,7 +95,7 @@ class MerchantPolicy:
             if key not in POLICY_KEYS:
                 continue
             name = key.replace("-", "_")
-            if name in ("allowed_models", "allowed_messages"):
+            if name in ("allowed_models", "allowed_messages", "approved_apps"):
                 value = tuple(
                     v.strip() for v in (value.split(",") if isinstance(value, str) else value)
                 )

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import torch
 
 from client.policy import MerchantPolicy
+from privacy.claims import LEDGER_FIELDS, SIGNATURE_FIELDS, VERIFIED, verify_ledger
 from privacy.ledger import MechanismRecord, PrivacyLedger
 from privacy.statistics import MAX_DECIMALS, canonical_order
 from synth_models.encoder import TableEncoder, grid_for
@@ -35,7 +36,10 @@ from synth_models.training import TRAINING_LABEL
 MECHANISM_LABELS = frozenset({STATISTICS_LABEL, SELECTION_LABEL, MEASUREMENT_LABEL, TRAINING_LABEL})
 MAX_LEDGER_RECORDS = 10_000
 MAX_CATEGORY_CHARS = 256  # a released category label; longer is free text, not a category
-LEDGER_KEYS = frozenset({"owner", "epsilon_budget", "delta", "records", "epsilon", "accountant"})
+# The ledger's own fields, and its signature (``privacy/claims.py``): the round answered,
+# the merchant's public key (PEM) and the signature over the claim.
+LEDGER_KEYS = frozenset(LEDGER_FIELDS) | frozenset(SIGNATURE_FIELDS)
+MAX_PUBLIC_KEY_CHARS = 1024
 STATISTICS_KEYS = frozenset({"columns", "row_count", "row_count_var", "contributors"})
 COLUMN_KEYS = frozenset(
     {"kind", "counts", "missing", "noise_var", "categories", "public_domain", "grid", "decimals"}
@@ -82,8 +86,9 @@ def status_problems(document, *, merchant: str, columns: Iterable[str]) -> list[
 
 
 def ledger_problems(document, *, merchant: str, policy: MerchantPolicy) -> list[str]:
-    """A ledger summary: the merchant's own, with known mechanisms, whose epsilon is what its
-    records compose to."""
+    """A signed ledger summary: the merchant's own, with known mechanisms, whose epsilon is
+    what its records compose to, signed by the key it carries (a PEM public key and a round:
+    nothing else rides along)."""
     if not isinstance(document, dict) or set(document) != LEDGER_KEYS:
         return ["ledger document does not have a ledger's fields"]
     if document["owner"] != merchant:
@@ -112,6 +117,23 @@ def ledger_problems(document, *, merchant: str, policy: MerchantPolicy) -> list[
         epsilon, document["epsilon"], rel_tol=1e-9, abs_tol=1e-12
     ):
         return ["ledger epsilon is not what its records compose to"]
+    return _signature_problems(document, merchant)
+
+
+def _signature_problems(document: dict, merchant: str) -> list[str]:
+    signature, key = document["signature"], document["public_key"]
+    if (
+        not isinstance(document["round"], int)
+        or isinstance(document["round"], bool)
+        or not isinstance(key, str)
+        or len(key) > MAX_PUBLIC_KEY_CHARS
+        or not isinstance(signature, dict)
+        or set(signature) != {"algorithm", "value"}
+        or not all(isinstance(v, str) and len(v) <= 256 for v in signature.values())
+    ):
+        return ["ledger signature fields are not a round, a key and a signature"]
+    if verify_ledger(document, owner=merchant).status != VERIFIED:
+        return ["ledger signature does not verify"]
     return []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from privacy.ledger import PrivacyLedger
+from synth_models.federation import MARGINALS_MESSAGE, STATISTICS_MESSAGE, TRAIN_MESSAGE
 
 logger = logging.getLogger(__name__)
 STATE_RECORD = "fedsynth-merchant"
@@ -38,6 +42,9 @@ class MerchantState:
     # SHA-256 of the public schema this merchant answered first (pinned when its policy names
     # no metadata file): a server that changes the schema to probe values is refused.
     schema_digest: str | None = None
+    # The releases this merchant made, by (federation, message type, round, phase): a retried
+    # or resumed round that asks the same gets the same release back at no new privacy cost.
+    releases: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +54,7 @@ class MerchantState:
             "noise_multiplier": self.noise_multiplier,
             "plan": self.plan,
             "schema_digest": self.schema_digest,
+            "releases": self.releases,
         }
 
     @classmethod
@@ -58,6 +66,7 @@ class MerchantState:
             noise_multiplier=d.get("noise_multiplier"),
             plan=d.get("plan", {}),
             schema_digest=d.get("schema_digest"),
+            releases=d.get("releases", {}),
         )
 
     @property
@@ -94,16 +103,20 @@ def save_state(state: MerchantState, *, node_state: RecordDict | None, path: Pat
         node_state.config_records[STATE_RECORD] = ConfigRecord({"json": text})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_atomically(path, text.encode())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class LedgerLockedError(RuntimeError):
@@ -135,3 +148,64 @@ def ledger_lock(path: Path | None, *, timeout: float) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# Releases kept for replay, newest last (a resumed round asks for one of the last few).
+KEPT_RELEASES = 8
+SPENDING_MESSAGES = (STATISTICS_MESSAGE, MARGINALS_MESSAGE, TRAIN_MESSAGE)
+
+
+def release_key(request: dict, message_type: str) -> str | None:
+    """Which release a request asks for: its federation (the server's id for one federation
+    across its runs and resumes), message type, round and phase; None without a federation
+    id (nothing is replayed)."""
+    federation = request.get("federation_id")
+    if not federation or message_type not in SPENDING_MESSAGES:
+        return None
+    parts = (federation, message_type, request.get("server_round", 0), request.get("phase", ""))
+    return "/".join(map(str, parts))
+
+
+def request_digest(content: RecordDict) -> str:
+    """SHA-256 of everything a request carries (documents and weights)."""
+    return hashlib.sha256(
+        recorddict_to_proto(content).SerializeToString(deterministic=True)
+    ).hexdigest()
+
+
+def _release_file(path: Path, key: str) -> Path:
+    name = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return path.with_name(path.name + ".releases") / f"{name}.bin"
+
+
+def replayed_release(
+    state: MerchantState, path: Path | None, key: str | None, digest: str
+) -> RecordDict | None:
+    """The reply this merchant already made to the same request (None: a new release)."""
+    if path is None or key is None or state.releases.get(key) != digest:
+        return None
+    try:
+        proto = ProtoRecordDict()
+        proto.ParseFromString(_release_file(path, key).read_bytes())
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: release %s unreadable (%s); releasing anew", state.merchant, key, exc)
+        return None
+    return recorddict_from_proto(proto)
+
+
+def keep_release(
+    state: MerchantState, path: Path | None, key: str | None, digest: str, content: RecordDict
+) -> None:
+    """Keep ``content`` (what left for ``key``) for replay; the oldest beyond
+    ``KEPT_RELEASES`` are dropped. Written before the state file that names it."""
+    if path is None or key is None:
+        return
+    file = _release_file(path, key)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(file, recorddict_to_proto(content).SerializeToString(deterministic=True))
+    state.releases.pop(key, None)
+    state.releases[key] = digest
+    while len(state.releases) > KEPT_RELEASES:
+        oldest = next(iter(state.releases))
+        del state.releases[oldest]
+        _release_file(path, oldest).unlink(missing_ok=True)

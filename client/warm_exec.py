@@ -11,6 +11,12 @@ it is done, sharing nothing with the next one but the modules imported before th
 
 The SuperNode's Runtime API listens on the merchant's own machine; ``--root-certificates`` is
 for a Runtime API served with TLS (``--appio-ssl-*`` on the SuperNode).
+
+Only approved apps run (``client/approval.py``): before a task's FAB is installed or any of its
+code imported, its SHA-256 must be on the merchant's list (``--approved-apps``, and
+``approved-apps`` in the node config or policy file); otherwise the task fails with an error
+reply, and the log prints the line that would approve it. No list: every app is refused. This
+SuperExec acquires ClientApp tasks only (no AgentApp, model or connector tasks).
 """
 
 from __future__ import annotations
@@ -34,15 +40,20 @@ class ForkExecutor:
     """Flower's SuperExec ``Executor`` protocol: ClientApp tasks are forked from this
     process; any other task type goes to Flower's subprocess executor."""
 
-    def __init__(self, *, certificates: bytes | None) -> None:
+    def __init__(self, *, certificates: bytes | None, approved_apps: tuple[str, ...] = ()) -> None:
         from flwr.supercore.superexec.executor import SubprocessExecutor
 
         self.certificates = certificates
+        self.approved_apps = approved_apps  # hashes or files; plus the node config's
         self.children: set[int] = set()
         self._fallback = SubprocessExecutor()
 
     def get_eligible_capacity(self, supported_task_types: set, **_: object) -> tuple[set, set]:
-        return supported_task_types, set()
+        """ClientApp tasks only: the approval check is on the forked path (any other task
+        type is never acquired, so never run unchecked)."""
+        from flwr.supercore.constant import TaskType
+
+        return supported_task_types & {TaskType.CLIENT_APP}, set()
 
     def wait_for_capacity(self, *_: object, **__: object) -> None:
         """Forking has no capacity gate."""
@@ -63,7 +74,10 @@ class ForkExecutor:
     def _run_task(self, spec) -> int:
         from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+        from client.approval import ApprovalGate
+
         try:
+            ApprovalGate(self.approved_apps).install_into_flower()  # this child only
             run_clientapp(
                 runtime_api_address=spec.runtime_api_address,
                 token=spec.token,
@@ -101,6 +115,7 @@ def run(
     insecure: bool,
     root_certificates: str | None = None,
     parent_pid: int | None = None,
+    approved_apps: tuple[str, ...] = (),
 ) -> None:
     """Preload, then run Flower's SuperExec loop with :class:`ForkExecutor` (forever)."""
     os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL)
@@ -108,7 +123,7 @@ def run(
     from flwr.supercore.superexec import run_superexec as superexec
 
     certificates = Path(root_certificates).read_bytes() if root_certificates else None
-    executor = ForkExecutor(certificates=certificates)
+    executor = ForkExecutor(certificates=certificates, approved_apps=approved_apps)
     # Flower 1.41 builds its executor by name inside run_superexec; this is the one seam that
     # lets the same loop (task acquisition, signals, parent monitoring) launch by fork.
     superexec.get_executor = lambda *_, **__: executor
@@ -128,6 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     security.add_argument("--insecure", action="store_true")
     security.add_argument("--root-certificates", help="CA of a TLS Runtime API")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    parser.add_argument(
+        "--approved-apps", action="append", default=[], metavar="SHA256_OR_FILE",
+        help="an approved FAB SHA-256, or a file of them one a line (repeatable); added to the "
+        "node config's approved-apps. None anywhere: every app is refused",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -136,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         insecure=args.insecure,
         root_certificates=args.root_certificates,
         parent_pid=args.parent_pid,
+        approved_apps=tuple(args.approved_apps),
     )
 
 

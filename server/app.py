@@ -21,15 +21,18 @@ that report, and the server's report is scored against those releases only
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from privacy.claims import load_or_create_key, load_private_key
 from privacy.ledger import PrivacyLedger
 from server.config import FederationConfig
 from server.evaluation import federated_report, request_local_audits, save_local_audits
@@ -64,6 +67,7 @@ def _synthesizer(
         encoder=encoder,
         weights=weights,
         ledgers={m: PrivacyLedger.from_state_dict(s) for m, s in ledgers.items()},
+        ledger_documents=ledgers,  # the merchants' signed documents, verbatim
         epsilon=config.epsilon,
         statistics_share=config.statistics_share,
         training=config.training(),
@@ -78,16 +82,28 @@ def _save_checkpoint(
     rounds_completed: int,
     *,
     num_rounds: int | None = None,
+    rounds_trained: int | None = None,
 ) -> None:
-    """Write the global synthesizer with where the federation stands (resume reads it)."""
+    """Write the global synthesizer with where the federation stands (resume reads it),
+    its manifest signed with the server's key (``server_signing_key``). ``rounds_completed``
+    counts the rounds run, ``rounds_trained`` those that changed the model (default: all)."""
     synth.save(
         artifact,
+        signing_key=server_signing_key(config, artifact.parent),
         federation={
             "rounds_completed": rounds_completed,
+            "rounds_trained": rounds_completed if rounds_trained is None else rounds_trained,
             "num_rounds": config.num_rounds if num_rounds is None else num_rounds,
             "config": config.to_dict(),
         },
     )
+
+
+def server_signing_key(config: FederationConfig, run_dir: Path):
+    """The run config's ``signing-key-path``, else ``<run-dir>/server.key`` (made once)."""
+    if config.signing_key_path:
+        return load_private_key(config.resolve(config.signing_key_path))
+    return load_or_create_key(run_dir / "server.key")
 
 
 def _append_jsonl(path: Path, entry: dict) -> None:
@@ -95,22 +111,38 @@ def _append_jsonl(path: Path, entry: dict) -> None:
         handle.write(json.dumps(entry, default=str) + "\n")
 
 
+def federation_id(run_dir: Path, config: FederationConfig) -> str:
+    """One id for a federation across its runs: a resumed run asks merchants for the same
+    releases (round by round), and merchants answer a retried or resumed round with what they
+    released before, at no new cost (``client.state.replayed_release``)."""
+    if config.federation_id:
+        return config.federation_id
+    path = run_dir / "federation-id"
+    if config.resume and path.exists():
+        return path.read_text().strip()
+    identity = uuid.uuid4().hex
+    path.write_text(identity + "\n")
+    return identity
+
+
 def run_federation(grid: Grid, config: FederationConfig) -> Path:
     """Run (or resume) a whole federation; returns the artifact path."""
     run_dir = config.resolve(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, federation_id=federation_id(run_dir, config))
     artifact = run_dir / ARTIFACT
     metadata = load_metadata(config.resolve(config.metadata_path))
     schema = TableSchema.from_metadata(metadata, config.table_name or None)
     ledgers: dict[str, dict] = {}
     owners: dict[str, int] = {}  # merchant name -> node id, for this run
-    done = 0
+    done = trained_before = 0
     if config.resume and artifact.exists():
         manifest, weights = load_artifact(artifact)
         synth = TabularSynthesizer.from_parts(manifest, weights, source=str(artifact))
         encoder = synth.encoder_
-        ledgers = {m: lg.state_dict() for m, lg in synth.ledgers_.items()}
+        ledgers = dict(synth.ledger_documents_)  # as the merchants signed them
         done = int(manifest["federation"]["rounds_completed"])
+        trained_before = int(manifest["federation"].get("rounds_trained", done))
         logger.info("resuming from %s after round %d", artifact, done)
     else:
         encoder, merged, outcome = schema_round(
@@ -121,6 +153,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
                 "delta": config.delta,
                 "statistics_share": config.statistics_share,
                 "seed": config.seed,
+                "federation_id": config.federation_id,
             },
             min_replies=config.min_train_replies,
             min_nodes=config.min_nodes,
@@ -154,6 +187,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         round_offset=done,
         min_train_replies=config.min_train_replies,
         ledgers=ledgers,
+        total_dp_rows=MerchantFedAvg.total_dp_rows_of(run_dir),
         min_available_nodes=config.min_nodes,
         min_train_nodes=config.min_nodes,
     )
@@ -169,6 +203,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
                     "training": config.training().to_dict(),
                     "num_rounds": config.num_rounds,
                     "seed": config.seed,
+                    "federation_id": config.federation_id,
                     "epsilon": config.epsilon,
                     "delta": config.delta,
                 }
@@ -184,7 +219,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         synth = _synthesizer(
             config, metadata, encoder, arrays.to_torch_state_dict(), strategy.ledgers
         )
-        _save_checkpoint(synth, artifact, config, number)
+        trained = trained_before + sum(bool(e.get("aggregated")) for e in strategy.round_log)
+        _save_checkpoint(synth, artifact, config, number, rounds_trained=trained)
         entry = strategy.round_log[-1] if strategy.round_log else {"round": number}
         entry = {
             **entry,
@@ -192,7 +228,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
             "seconds": time.perf_counter() - started,
         }
         _append_jsonl(run_dir / "rounds.jsonl", entry)
-        logger.info("round %d/%d done; checkpoint %s", number, config.num_rounds, artifact)
+        outcome = "trained" if entry.get("aggregated", True) else "NOT trained (model unchanged)"
+        logger.info("round %d/%d %s; checkpoint %s", number, config.num_rounds, outcome, artifact)
         for merchant, result in sorted(entry.get("merchants", {}).items()):
             details = ", ".join(
                 f"{k} {v:.4g}" for k, v in result.items() if k == "epsilon" or k.endswith("loss")
@@ -266,6 +303,7 @@ def marginal_federation(
             "epsilon": config.epsilon,
             "delta": config.delta,
             "seed": config.seed,
+            "federation_id": config.federation_id,
         },
         min_replies=config.min_train_replies,
         min_nodes=config.min_nodes,
@@ -309,6 +347,7 @@ def warm_start_federation(
             "epsilon": config.epsilon,
             "delta": config.delta,
             "seed": config.seed,
+            "federation_id": config.federation_id,
             "target_epsilon": warm_start_target(
                 config.epsilon, statistics_share=config.statistics_share, config=training
             ),

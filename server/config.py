@@ -41,6 +41,9 @@ class FederationConfig:
     metadata_path: str = "simulations/data/pizzaplace.metadata.json"
     table_name: str = ""
     run_dir: str = "runs/flwr"
+    # The server's key for signing the artifact manifest (PEM or OpenSSH, ed25519 or ECDSA);
+    # empty: an ed25519 key made once in the run folder (<run-dir>/server.key).
+    signing_key_path: str = ""
     resume: bool = False
     stop_after_round: int = 0  # end this run after that round (0: run all); resume continues
     sample_rows: int = 0  # synthetic rows written to <run-dir>/synthetic.csv at the end
@@ -48,6 +51,7 @@ class FederationConfig:
     target: str = ""  # column for train-on-synthetic / test-on-real utility
     sensitive_columns: str = ""  # comma-separated, for DisclosureProtection
     audit_rows: int = 20_000  # synthetic rows each merchant audits against
+    federation_id: str = ""  # set per run folder (server.app.federation_id); resume keeps it
 
     def __post_init__(self) -> None:
         check_warm_start_share(

@@ -13,7 +13,10 @@
    are the population both sums describe).
 
 Merchants that fail or refuse are reported in the round log like in the training rounds; the
-federation goes on without them as long as ``min_replies`` answer.
+federation goes on without them as long as ``min_replies`` answer. A release that is
+unreadable, holds a non-finite count, or a non-finite or negative noise variance
+(``release_problem``) fails its merchant, with the server's own reason, before any sum:
+``merge_releases`` never sees a NaN.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 from flwr.serverapp import Grid
 
 from server.schema_round import FederationError, query_merchants, wait_for_nodes
@@ -79,11 +83,29 @@ def marginal_round(
     releases = {}
     for msg, merchant in accepted:
         try:
-            releases[merchant] = MarginalRelease.from_dict(reply_document(msg, MARGINALS))
+            release = MarginalRelease.from_dict(reply_document(msg, MARGINALS))
         except (KeyError, TypeError, ValueError) as exc:
             outcome[merchant] = {"state": "failed", "reason": f"unreadable marginals ({exc})"}
             logger.warning("marginals %s: %s failed: unreadable marginals", phase, merchant)
+            continue
+        problem = release_problem(release)
+        if problem:
+            outcome[merchant] = {"state": "failed", "reason": f"marginals rejected: {problem}"}
+            logger.warning(
+                "marginals %s: %s failed: marginals rejected: %s", phase, merchant, problem
+            )
+        else:
+            releases[merchant] = release
     return releases, outcome
+
+
+def release_problem(release: MarginalRelease) -> str | None:
+    """Why a merchant's marginal release cannot be summed (None: it can)."""
+    if not np.isfinite(release.noise_var) or release.noise_var < 0:
+        return "non-finite or negative noise variance"
+    if not all(np.isfinite(t).all() for t in [*release.tables, *release.atom_tables]):
+        return "non-finite counts"
+    return None
 
 
 def _sum(releases: dict[str, MarginalRelease], phase: str, minimum: int) -> MarginalRelease:

@@ -1,10 +1,17 @@
-"""Round 0: merchants release DP column statistics; the server sums them into the encoder."""
+"""Round 0: merchants release DP column statistics; the server sums them into the encoder.
+
+Before the sum, each merchant's release must be readable and hold only finite numbers (counts,
+missing counts, row count, grid bounds, decimals, numeric categories) and non-negative noise
+variances (``statistics_problem``); a release that does not is failed, with the server's own
+reason, logged, and left out: ``merge_statistics`` never sees a NaN.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -89,12 +96,22 @@ def schema_round(
         owners=owners,
         label="schema round",
     )
-    answered = [msg for msg, _ in accepted]
-    parts = [
-        TableStatistics.from_dict(loads(str(m.content.config_records[STATISTICS][DOCUMENT_KEY])))
-        for m in answered
-        if STATISTICS in m.content.config_records
-    ]
+    parts = []
+    for msg, merchant in accepted:
+        if STATISTICS not in msg.content.config_records:
+            continue
+        try:
+            part = TableStatistics.from_dict(
+                loads(str(msg.content.config_records[STATISTICS][DOCUMENT_KEY]))
+            )
+            problem = statistics_problem(part)
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"unreadable statistics ({type(exc).__name__})"
+        if problem:
+            outcome[merchant] = {"state": "failed", "reason": f"statistics rejected: {problem}"}
+            logger.warning("schema round: %s failed: statistics rejected: %s", merchant, problem)
+        else:
+            parts.append(part)
     if len(parts) < min_replies:
         raise FederationError(
             f"schema round: {len(parts)} merchant(s) released statistics, "
@@ -107,3 +124,31 @@ def schema_round(
         merged.row_count,
     )
     return TableEncoder.from_statistics(schema, merged), merged, outcome
+
+
+def statistics_problem(statistics: TableStatistics) -> str | None:
+    """Why a merchant's released statistics cannot be summed (None: they can)."""
+    if not _finite(statistics.row_count, statistics.row_count_var):
+        return "non-finite row count"
+    if statistics.row_count_var < 0:
+        return "negative row count variance"
+    for name, column in statistics.columns.items():
+        grid = column.grid
+        numbers = [column.counts, column.missing, column.noise_var]
+        if column.decimals is not None:
+            numbers.append(column.decimals)
+        if grid is not None:
+            numbers += [grid.low, grid.high, grid.per_decade]
+        numbers += [c for c in column.categories or [] if isinstance(c, float)]
+        if not _finite(*numbers):
+            return f"non-finite numbers in column {name!r}"
+        if column.noise_var < 0:
+            return f"negative noise variance in column {name!r}"
+    return None
+
+
+def _finite(*numbers) -> bool:
+    try:
+        return all(np.isfinite(np.asarray(n, dtype=np.float64)).all() for n in numbers)
+    except (TypeError, ValueError):
+        return False

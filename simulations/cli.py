@@ -184,8 +184,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         args.local_epochs,
     )
     summary = run_simulation_job(dataset, settings, run_dir)
+    rounds = summary["rounds"]
+    if (rounds["rounds_trained"] or 0) < (rounds["num_rounds"] or 0):
+        logger.warning(
+            "only %s of %s rounds trained the model (merchants refused or failed: see %s)",
+            rounds["rounds_trained"],
+            rounds["num_rounds"],
+            run_dir / "rounds.jsonl",
+        )
     logger.info(
-        "done in %.0f s: epsilon %.4f (max over merchants), quality %.3f "
+        "finished in %.0f s: epsilon %.4f (max over merchants), quality %.3f "
         "(all pairs %.3f), diagnostic %.3f",
         summary["simulation_seconds"],
         summary["epsilon"],
@@ -289,6 +297,60 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_pair(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check an artifact's signed privacy claims; exit 0 verified, 1 failed, 2 unsigned."""
+    from privacy.claims import FAILED, VERIFIED, SigningKeyError, load_public_key, verify_manifest
+    from synth_models.artifact import ArtifactError, load_artifact
+
+    try:
+        server_key = load_public_key(args.server_key) if args.server_key else None
+        merchant_keys = {name: load_public_key(path) for name, path in args.merchant_key}
+        manifest, _ = load_artifact(args.artifact)  # the weights' SHA-256 is checked here
+    except (ArtifactError, SigningKeyError) as exc:
+        print(f"{args.artifact}: {FAILED}: {exc}")
+        return 1
+    result = verify_manifest(manifest, server_key=server_key, merchant_keys=merchant_keys)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+    else:
+        print(f"artifact: {args.artifact}")
+        print(f"server signature: {result.server} ({result.server_key or 'no key'})")
+        header = ("merchant", "signature", "round", "eps claimed", "eps recomputed", "budget")
+        rows = [
+            (
+                name,
+                check.status,
+                "-" if check.round is None else str(check.round),
+                _number(check.epsilon_claimed),
+                _number(check.epsilon_recomputed),
+                _number(check.epsilon_budget),
+            )
+            for name, check in sorted(result.ledgers.items())
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        keys = {name: check.key for name, check in sorted(result.ledgers.items()) if check.key}
+        for name, key in keys.items():
+            print(f"key {name}: {key}")
+        print(f"manifest epsilon: {_number(result.epsilon)}")
+        for problem in result.problems:
+            print(f"problem: {problem}")
+        print(f"result: {result.status}")
+    return {VERIFIED: 0, FAILED: 1}.get(result.status, 2)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """fedsynth against SDV synthesizers, one split (simulations/benchmarks/compare/)."""
     from simulations.benchmarks.compare import config_from_args, run_benchmark
@@ -362,6 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None)
     sample.add_argument("--out")
     sample.set_defaults(func=cmd_sample)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check a synthesizer's signed privacy claims (exit 0 verified, 1 failed, 2 unsigned)",
+    )
+    verify.add_argument("artifact")
+    verify.add_argument(
+        "--merchant-key",
+        type=_key_pair,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="the public key (PEM, OpenSSH .pub, or the private key) a merchant must have signed "
+        "with; repeatable",
+    )
+    verify.add_argument("--server-key", help="the public key the manifest must be signed with")
+    verify.add_argument("--json", action="store_true", help="the result as JSON")
+    verify.set_defaults(func=cmd_verify)
 
     from simulations.benchmarks.compare import add_arguments as add_benchmark_arguments
 

@@ -52,6 +52,7 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
     from client.app import make_client_app
     from privacy.audit import quality_scores
     from server.app import ARTIFACT, make_server_app
+    from synth_models.artifact import load_artifact
     from synth_models.synthesizer import TabularSynthesizer
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,12 +107,17 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
     )
     seconds = time.perf_counter() - started
     synth = TabularSynthesizer.load(run_dir / ARTIFACT)
+    progress = load_artifact(run_dir / ARTIFACT)[0]["federation"]
     synthetic = synth.sample(settings.sample_rows or len(dataset.table), seed=settings.seed)
     synthetic.to_csv(run_dir / "synthetic.csv", index=False)
     summary = {
         "dataset": dataset.name,
         "merchants": len(parts),
         "simulation_seconds": seconds,
+        # Rounds run, and those that changed the model (all merchants refusing: unchanged).
+        "rounds": {
+            key: progress.get(key) for key in ("rounds_completed", "rounds_trained", "num_rounds")
+        },
         "epsilon": synth.epsilon_spent,
         "epsilon_per_merchant": {m: lg.epsilon() for m, lg in synth.ledgers_.items()},
         "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),

@@ -10,6 +10,7 @@ marginal model (``marginal_fit.py``) measures noisy marginals instead of trainin
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import math
 from dataclasses import asdict
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from privacy.calibration import calibrate_noise_multiplier, gaussian_noise_multiplier
+from privacy.claims import FAILED, SIGNATURES, Verification, verify_manifest
 from privacy.ledger import DISCRETE_GAUSSIAN, PrivacyLedger
 from privacy.noise import NoiseSource
 from privacy.statistics import TableStatistics, release_statistics
@@ -52,6 +54,8 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 STATISTICS_LABEL = "encoder-statistics"
 THRESHOLD_DELTA_SHARE = 0.1  # share of delta for thresholded category discovery
+MAX_PARAMETERS = 50_000_000  # parameters and buffers a loaded artifact's model may declare
+MAX_LAYERS = 64  # entries of a list-valued model option (``hidden``, ``generator_hidden``...)
 
 
 def default_delta(num_rows: int) -> float:
@@ -64,6 +68,32 @@ def build_model(kind: str, encoder: TableEncoder, options: dict | None = None) -
         raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
     return MODELS[kind](encoder, **options)
+
+
+def check_model_size(kind: str, encoder: TableEncoder, options: dict | None = None) -> int:
+    """The number of parameters and buffers ``build_model(kind, encoder, options)`` would
+    allocate, counted on the meta device (nothing is allocated); ``ValueError`` if it is over
+    :data:`MAX_PARAMETERS` or a list option is longer than :data:`MAX_LAYERS`. For options
+    from an untrusted source (an artifact, a message) before building the model."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
+    if not isinstance(options or {}, dict):
+        raise ValueError(f"model options must be a mapping, got {type(options).__name__}")
+    for key, value in (options or {}).items():
+        if isinstance(value, (list, tuple)) and len(value) > MAX_LAYERS:
+            raise ValueError(
+                f"model option {key!r} has {len(value)} entries, over the limit of "
+                f"{MAX_LAYERS} (MAX_LAYERS)"
+            )
+    with torch.device("meta"):
+        model = build_model(kind, encoder, options)
+    count = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"the declared {kind} model has {count} parameters, over the limit of "
+            f"{MAX_PARAMETERS} (MAX_PARAMETERS)"
+        )
+    return count
 
 
 def effective_model_options(kind: str, options: dict | None = None) -> dict:
@@ -129,7 +159,12 @@ class TabularSynthesizer:
         model_options: dict | None = None,
         table_name: str | None = None,
         seed: int | None = None,
+        noise: NoiseSource | None = None,
     ) -> None:
+        """``seed`` drives post-processing only (sampling, shuffles); the DP noise comes from
+        ``noise``, by default the OS CSPRNG (``privacy.noise.SecureNoise``). Pass
+        ``SeededNoise`` only to reproduce a fit on your own machine (tests): noise anyone can
+        replay is no DP."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
         if not 0 < statistics_share < 1:
@@ -149,10 +184,15 @@ class TabularSynthesizer:
         self.model_options = model_options or {}
         self.table_name = table_name
         self.seed = seed
+        self.noise = noise
         # fitted state
         self.encoder_: TableEncoder | None = None
         self.model_: nn.Module | None = None
         self.ledgers_: dict[str, PrivacyLedger] = {}
+        # The ledger documents as their owners sent them (signed: ``privacy/claims.py``),
+        # written to the artifact verbatim so that their signatures still check.
+        self.ledger_documents_: dict[str, dict] = {}
+        self.verification: Verification | None = None  # set by from_parts / load
         self.history_: list[dict] = []
 
     # -- fitting ---------------------------------------------------------------------------
@@ -172,6 +212,7 @@ class TabularSynthesizer:
                 ledger,
                 epsilon=self.epsilon * self.statistics_share,
                 source=source,
+                noise=self.noise,
             )
         else:
             ledger = None
@@ -184,7 +225,9 @@ class TabularSynthesizer:
         torch.manual_seed(int(rng.integers(2**31)))
         if self.model == "marginal":
             self.model_ = build_model(self.model, self.encoder_, self.model_options)
-            self.history_ = fit_marginal_model(self.model_, data, ledger=ledger, source=source)
+            self.history_ = fit_marginal_model(
+                self.model_, data, ledger=ledger, source=source, noise=self.noise
+            )
             self.ledgers_ = {} if ledger is None else {"local": ledger}
             return self
         marginal = None
@@ -193,7 +236,14 @@ class TabularSynthesizer:
             target = warm_start_target(
                 self.epsilon, statistics_share=self.statistics_share, config=self.training
             )
-            fit_marginal_model(marginal, data, ledger=ledger, source=source, target_epsilon=target)
+            fit_marginal_model(
+                marginal,
+                data,
+                ledger=ledger,
+                source=source,
+                target_epsilon=target,
+                noise=self.noise,
+            )
             self.encoder_ = network_encoder(marginal)
         self.model_ = build_model(self.model, self.encoder_, self.model_options)
         rows = self.encoder_.transform(data, source=source)
@@ -228,6 +278,7 @@ class TabularSynthesizer:
             seed=int(rng.integers(2**31)),
             on_epoch=on_epoch,
             public_rows=public_rows,
+            noise=self.noise,
         )
         self.ledgers_ = {} if ledger is None else {"local": ledger}
         return self
@@ -303,26 +354,49 @@ class TabularSynthesizer:
                 "epsilon": self.epsilon_spent,
                 "delta": max((lg.delta for lg in self.ledgers_.values()), default=None),
                 "epsilon_budget": self.epsilon,
-                "ledgers": {owner: lg.state_dict() for owner, lg in self.ledgers_.items()},
+                "ledgers": {owner: self._ledger_document(owner) for owner in self.ledgers_},
             },
             "versions": {p: _version(p) for p in ("fedsynth", "torch", "opacus", "flwr")},
             **extra,
         }
 
-    def save(self, path: str | Path, **extra) -> Path:
+    def _ledger_document(self, owner: str) -> dict:
+        """The owner's signed document if it is this ledger's, else the ledger's state."""
+        state = self.ledgers_[owner].state_dict()
+        document = self.ledger_documents_.get(owner)
+        if document is not None and document.get("records") == state["records"]:
+            return document
+        return state
+
+    def save(self, path: str | Path, *, signing_key=None, **extra) -> Path:
+        """Write the artifact; with ``signing_key`` (a ``privacy.claims`` private key) its
+        manifest is signed (``fedsynth verify`` checks it)."""
         self._check_fitted()
         return save_artifact(
-            path, manifest=self.manifest(**extra), weights=self.model_.state_dict()
+            path,
+            manifest=self.manifest(**extra),
+            weights=self.model_.state_dict(),
+            signing_key=signing_key,
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> TabularSynthesizer:
+    def load(cls, path: str | Path, *, allow_unverified: bool = False) -> TabularSynthesizer:
+        """Load an artifact and verify its privacy claims (``verification``): a signed one
+        whose signatures or epsilons do not check raises ``ArtifactError`` unless
+        ``allow_unverified``; an unsigned one (older, or a central fit) loads, logged."""
         manifest, weights = load_artifact(path)
-        return cls.from_parts(manifest, weights, source=str(path))
+        return cls.from_parts(
+            manifest, weights, source=str(path), allow_unverified=allow_unverified
+        )
 
     @classmethod
     def from_parts(
-        cls, manifest: dict, weights: dict[str, torch.Tensor], *, source: str = "artifact"
+        cls,
+        manifest: dict,
+        weights: dict[str, torch.Tensor],
+        *,
+        source: str = "artifact",
+        allow_unverified: bool = False,
     ) -> TabularSynthesizer:
         try:
             synth = cls(
@@ -335,15 +409,29 @@ class TabularSynthesizer:
                 table_name=manifest["table_name"],
             )
             synth.encoder_ = TableEncoder.from_dict(manifest["encoder"])
+            check_model_size(synth.model, synth.encoder_, synth.model_options)  # before allocating
             synth.model_ = build_model(synth.model, synth.encoder_, synth.model_options)
             synth.model_.load_state_dict(weights)
             synth.ledgers_ = {
                 owner: PrivacyLedger.from_state_dict(state)
                 for owner, state in manifest["privacy"]["ledgers"].items()
             }
+            synth.ledger_documents_ = dict(manifest["privacy"]["ledgers"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{source}: inconsistent artifact ({exc})") from exc
         synth.model_.eval()
+        synth.verification = check = verify_manifest(manifest)
+        if check.status == FAILED and SIGNATURES in manifest and not allow_unverified:
+            raise ArtifactError(
+                f"{source}: privacy claims do not verify: {'; '.join(check.problems)}"
+            )
+        log = logger.error if check.status == FAILED else logger.info
+        log(
+            "%s: privacy claims %s%s",
+            source,
+            check.status,
+            f" ({'; '.join(check.problems)})" if check.problems else "",
+        )
         return synth
 
     @classmethod
@@ -356,9 +444,11 @@ class TabularSynthesizer:
         weights: dict[str, torch.Tensor],
         ledgers: dict[str, PrivacyLedger],
         epsilon: float,
+        ledger_documents: dict[str, dict] | None = None,
         **params,
     ) -> TabularSynthesizer:
-        """A fitted synthesizer from parts trained elsewhere (e.g. by a federation)."""
+        """A fitted synthesizer from parts trained elsewhere (e.g. by a federation);
+        ``ledger_documents`` are the owners' signed ledgers, kept verbatim in the artifact."""
         synth = cls(
             metadata, model=model, epsilon=epsilon, table_name=encoder.schema.table_name, **params
         )
@@ -367,6 +457,7 @@ class TabularSynthesizer:
         synth.model_.load_state_dict(weights)
         synth.model_.eval()
         synth.ledgers_ = dict(ledgers)
+        synth.ledger_documents_ = dict(ledger_documents or {})
         return synth
 
     def get_params(self) -> dict:

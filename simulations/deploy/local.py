@@ -16,6 +16,12 @@ Layout of ``--out``: ``merchants/merchant-<i>.csv``, ``metadata.json``, ``state/
 Without ``--insecure`` the SuperLink speaks TLS with a throw-away local CA and admits only
 registered SuperNodes: each merchant gets an EC key pair (``keys/``), the operator registers the
 public key (``flwr supernode register``) and the SuperNode signs with the private one.
+
+Only approved apps run on a merchant (``client/approval.py``): the script builds this project's
+FAB, exactly as ``flwr run .`` does, and writes its SHA-256 into each merchant's own
+``approvals/<merchant>.txt``, named by the merchant's node config (``approved-apps``); each
+merchant's warm SuperExec refuses any other app before any of its code runs. ``--cold`` (Flower's
+own SuperExec) has no such check and says so.
 """
 
 from __future__ import annotations
@@ -323,10 +329,20 @@ class LocalFederation:
     SuperLink only admits SuperNodes whose public key was registered with
     ``flwr supernode register``; each merchant keeps its own private key. ``warm``: each
     SuperNode gets a warm SuperExec that forks ClientApps instead of starting Python anew.
+    ``approve_project``: each merchant approves this project's FAB (as built right before each
+    ``run`` of it, which submits that very bundle), and only that; ``approve`` adds other
+    bundles. Warm SuperExecs refuse every app their merchant did not approve.
     """
 
     def __init__(
-        self, run_dir: Path, *, tls: bool, auth: bool, startup_timeout: float, warm: bool = True
+        self,
+        run_dir: Path,
+        *,
+        tls: bool,
+        auth: bool,
+        startup_timeout: float,
+        warm: bool = True,
+        approve_project: bool = True,
     ) -> None:
         if auth and not tls:
             raise DeploymentError("SuperNode authentication needs TLS")
@@ -341,6 +357,10 @@ class LocalFederation:
         self.merchants: dict[str, dict[str, object]] = {}  # name -> node config
         self._keys: dict[str, dict[str, Path]] = {}
         self._use_tls = tls
+        self.approve_project = approve_project
+        self.approvals_dir = run_dir / "approvals"
+        self.approved: dict[str, list] = {}  # merchant -> AppIdentity list (its own file)
+        self._project_app = None  # this project's AppIdentity, as last built
 
     def __enter__(self) -> LocalFederation:
         try:
@@ -395,12 +415,56 @@ class LocalFederation:
                 f"registering {merchant}'s SuperNode failed: {done.stdout}{done.stderr}"
             )
 
+    def project_app(self, *, rebuild: bool = False):
+        """This project's FAB identity (``client.approval.AppIdentity``), built like
+        ``flwr run .`` builds it. Each build is also unpacked into ``<run-dir>/app``, which is
+        what ``run`` submits: the bytes approved are the bytes sent, even if the working tree
+        changes in between (Flower's builder is deterministic: the same files, the same FAB)."""
+        if self._project_app is None or rebuild:
+            import io
+            import shutil
+            import zipfile
+
+            from client.approval import build_fab, fab_identity
+
+            fab = build_fab(PROJECT_ROOT)
+            snapshot = self.run_dir / "app"
+            shutil.rmtree(snapshot, ignore_errors=True)
+            with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
+                bundle.extractall(snapshot)
+            shutil.rmtree(snapshot / ".info", ignore_errors=True)
+            self._project_app = fab_identity(fab)
+        return self._project_app
+
+    def approval_file(self, merchant: str) -> Path:
+        return (self.approvals_dir / f"{merchant}.txt").resolve()
+
+    def approve(self, merchant: str, *apps) -> Path:
+        """What a merchant's operator does: add app identities to its own approved list."""
+        from client.approval import write_approvals
+
+        listed = self.approved.setdefault(merchant, [])
+        listed.extend(app for app in apps if app not in listed)
+        return write_approvals(self.approval_file(merchant), listed)
+
+    def _approve_project(self) -> None:
+        """(Re-)approve the project as it is now on every merchant (the tree may have changed
+        since the merchants started); the SuperExecs read their file at each task."""
+        old, new = self._project_app, self.project_app(rebuild=True)
+        for merchant, listed in self.approved.items():
+            self.approved[merchant] = [app for app in listed if app != old]
+            self.approve(merchant, new)
+
     def start_merchant(
         self, merchant: str, config: dict[str, object] | None = None, *, register: bool = True
     ) -> subprocess.Popen:
         """Start (or restart, with the same config and key) a merchant's SuperNode."""
         if config is not None:
+            if self.approve_project:
+                config = {"approved-apps": str(self.approval_file(merchant)), **config}
             self.merchants[merchant] = config
+        if self.approve_project and merchant not in self.approved:
+            self.approve(merchant, self.project_app())
         key = None
         if self.auth:
             if register and merchant not in self._keys:
@@ -428,15 +492,23 @@ class LocalFederation:
             logger.warning("killed %s (pgid %d)", name, proc.pid)
 
     def run(
-        self, run_config: Path, *, timeout: float, watch: Callable[[], None] | None = None
+        self,
+        run_config: Path | None,
+        *,
+        timeout: float,
+        watch: Callable[[], None] | None = None,
+        app: Path = PROJECT_ROOT,
     ) -> None:
-        """``flwr run . <connection> --stream`` until it ends; ``watch()`` is called while it
-        runs. A SuperNode that dies is a merchant's fault the run survives; the SuperLink
-        dying is not."""
-        argv = [
-            str(_BIN / "flwr"), "run", ".", CONNECTION, "--stream",
-            "--run-config", str(run_config),
-        ]  # fmt: skip
+        """``flwr run <app> <connection> --stream`` until it ends; ``watch()`` is called while
+        it runs. A SuperNode that dies is a merchant's fault the run survives; the SuperLink
+        dying is not. ``app``: this project by default (re-approved first, see
+        ``approve_project``); any other app runs only where a merchant approved it."""
+        if self.approve_project and Path(app).resolve() == PROJECT_ROOT:
+            self._approve_project()
+            app = self.run_dir / "app"  # exactly the bundle just approved
+        argv = [str(_BIN / "flwr"), "run", str(Path(app).resolve()), CONNECTION, "--stream"]
+        if run_config is not None:
+            argv += ["--run-config", str(run_config)]
         proc = self.processes.start("flwr-run", argv, cwd=PROJECT_ROOT)
         deadline = time.monotonic() + timeout
         reported: set[str] = set()
@@ -540,6 +612,11 @@ def run_local_deployment(settings: DeploymentSettings) -> DeploymentResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.insecure:
         warn_insecure()
+    if not settings.warm:
+        logger.warning(
+            "--cold: Flower's own SuperExec runs whatever app the SuperLink sends; the approved-"
+            "apps check (client/approval.py) needs the warm SuperExec (client.warm_exec)"
+        )
     data_paths, metadata, dataset = prepare_data(settings, run_dir)
     run_config = write_run_config(settings, run_dir, metadata, dataset)
     started = time.perf_counter()

@@ -161,8 +161,9 @@ def test_training_changes_the_weights(rounds):
 def test_num_examples_is_the_dp_row_count(rounds):
     state = rounds["state"]
     for metrics in rounds["metrics"]:
+        # The released DP count (integer discrete Gaussian noise: it may equal the exact count
+        # by chance, which says nothing, so equality with ROWS is not tested).
         assert metrics["num-examples"] == state.dp_rows
-        assert metrics["num-examples"] != ROWS
         # The sample rate is derived from the DP count too: it must not reveal the exact one.
         batch = batch_size_for(state.dp_rows, TRAINING)
         assert metrics["sample-rate"] == pytest.approx(batch / state.dp_rows)

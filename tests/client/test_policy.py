@@ -135,3 +135,21 @@ def test_a_policy_metadata_file_pins_the_schema(tmp_path):
     fresh = pizza_merchant(tmp_path / "n", policy=MerchantPolicy(metadata_path=str(metadata)))
     reply = fresh.ask(STATISTICS_MESSAGE, fresh.statistics_request(schema=probe))
     assert fresh.status(reply)["code"] == "schema-mismatch"
+
+
+def test_a_huge_model_request_is_refused_before_anything_is_built(tmp_path):
+    merchant = pizza_merchant(tmp_path)
+    encoder = merchant.encoder()
+    request = {
+        "schema": merchant.schema.to_dict(),
+        "encoder": encoder.to_dict(),
+        "model": "vae",
+        "model_options": {"hidden": [20000, 20000]},  # ~3.6 GB of weights
+        "training": {},
+        "num_rounds": 1,
+        "epsilon": 1.0,
+        "delta": 1e-5,
+        "seed": 0,
+    }
+    reply = merchant.ask("train", request)
+    assert merchant.status(reply)["code"] == "bad-request"

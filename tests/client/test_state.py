@@ -184,3 +184,24 @@ def test_concurrent_runs_on_one_ledger_spend_what_they_record(tmp_path):
         max(released, key=lambda lg: sum(r["steps"] for r in lg["records"]))
     )
     assert on_disk.epsilon == pytest.approx(spent.epsilon(), rel=1e-12)
+
+
+def test_the_same_request_gets_the_same_release_back_at_no_cost(tmp_path):
+    """A retried round (same federation, round and request) is answered from the ledger
+    file's kept release: the same noisy numbers, no new ledger record. Another request, or one
+    without a federation id, is a new release."""
+    from synth_models.federation import LEDGER, STATISTICS, STATISTICS_MESSAGE
+    from tests.client.harness import document, pizza_merchant
+
+    merchant = pizza_merchant(tmp_path)
+    request = merchant.statistics_request(federation_id="f-1")
+    first = merchant.ask(STATISTICS_MESSAGE, request)
+    again = pizza_merchant(tmp_path).ask(STATISTICS_MESSAGE, request)  # a new run, same file
+    assert document(again, STATISTICS) == document(first, STATISTICS)
+    assert document(again, LEDGER) == document(first, LEDGER)
+    other = merchant.ask(STATISTICS_MESSAGE, {**request, "statistics_share": 0.05})
+    assert document(other, STATISTICS) != document(first, STATISTICS)
+    unnamed = merchant.ask(STATISTICS_MESSAGE, merchant.statistics_request())
+    assert document(unnamed, STATISTICS) != document(first, STATISTICS)
+    state = load_state("merchant-0", node_state=None, path=tmp_path / "state/merchant-0.json")
+    assert sum(r.steps for r in state.ledger.records) == 3

@@ -13,18 +13,22 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+import server.schema_round as schema_round_module
 from client.app import make_client_app
 from client.state import MerchantState, save_state
 from privacy.ledger import MechanismRecord, PrivacyLedger
+from privacy.statistics import merge_statistics
 from server.app import ARTIFACT, run_federation
 from server.config import FederationConfig
-from server.marginal_rounds import run_marginal_rounds
-from server.schema_round import FederationError, schema_round
+from server.marginal_rounds import release_problem, run_marginal_rounds
+from server.schema_round import FederationError, schema_round, statistics_problem
 from simulations.datasets import load_dataset
+from synth_models.federation import DOCUMENT_KEY, MARGINALS, STATISTICS, dumps, loads
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import MEASUREMENT_LABEL, SELECTION_LABEL
 from synth_models.synthesizer import TabularSynthesizer
@@ -214,3 +218,105 @@ def test_a_refusing_merchant_is_left_out_and_the_rest_go_on(
             ledgers={},
             owners=owners,
         )
+
+
+class PoisoningGrid(InProcessGrid):
+    """An in-process grid where one node's replies of one kind are altered on the way (a
+    merchant that sends NaN, or whoever holds its key)."""
+
+    def __init__(self, grid: InProcessGrid, node: int, record: str, poison) -> None:
+        super().__init__(grid.app, grid.contexts)
+        self.node, self.record, self.poison = node, record, poison
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = super().send_and_receive(messages, timeout=timeout)
+        for reply in replies:
+            records = reply.content.config_records
+            if reply.metadata.src_node_id == self.node and self.record in records:
+                document = loads(str(records[self.record][DOCUMENT_KEY]))
+                self.poison(document)
+                records[self.record][DOCUMENT_KEY] = dumps(document)
+        return replies
+
+
+def _schema_round(grid, pizza):
+    return schema_round(
+        grid,
+        schema=pizza.schema(),
+        document={"epsilon": BUDGET, "delta": DELTA, "statistics_share": 0.1, "seed": 0},
+        min_replies=1,
+        min_nodes=3,
+        timeout=60,
+        ledgers={},
+        owners={},
+    )
+
+
+def test_statistics_with_nan_fail_their_merchant_before_the_sum(
+    pizza, merchants: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    def poison(document):
+        column = next(iter(document["columns"].values()))
+        column["counts"][0] = float("nan")
+
+    grid = PoisoningGrid(grid_for(merchants, tmp_path / "state", 3), 101, STATISTICS, poison)
+    seen = []
+
+    def merge(parts):
+        seen.extend(parts)
+        return merge_statistics(parts)
+
+    monkeypatch.setattr(schema_round_module, "merge_statistics", merge)
+    _, merged, outcome = _schema_round(grid, pizza)
+    assert outcome["merchant-1"]["state"] == "failed"
+    assert outcome["merchant-1"]["reason"].startswith("statistics rejected: non-finite")
+    assert "merchant-1" in caplog.text
+    assert {m for m, r in outcome.items() if r["state"] == "ok"} == {"merchant-0", "merchant-2"}
+    assert len(seen) == 2 and merged.contributors == 2
+    assert statistics_problem(merged) is None
+    # A non-finite row count is rejected the same way.
+    grid.poison = lambda document: document.update(row_count=float("inf"))
+    _, _, outcome = _schema_round(grid, pizza)
+    assert outcome["merchant-1"]["reason"] == "statistics rejected: non-finite row count"
+
+
+def test_marginals_with_nan_fail_their_merchant_before_the_sum(
+    pizza, merchants: Path, tmp_path: Path
+) -> None:
+    def poison(document):
+        if document.get("tables"):
+            document["tables"][0] = np.full(document["shapes"][0], np.nan).tolist()
+
+    clean = grid_for(merchants, tmp_path / "state", 3)
+    ledgers, owners = {}, {}
+    encoder, _, _ = schema_round(
+        clean,
+        schema=pizza.schema(),
+        document={"epsilon": BUDGET, "delta": DELTA, "statistics_share": 0.1, "seed": 0},
+        min_replies=1,
+        min_nodes=3,
+        timeout=60,
+        ledgers=ledgers,
+        owners=owners,
+    )
+    grid = PoisoningGrid(clean, 101, MARGINALS, poison)
+    rounds = run_marginal_rounds(
+        grid,
+        encoder=encoder,
+        model=MarginalModel(encoder),
+        document={"model_options": {}, "epsilon": BUDGET, "delta": DELTA, "seed": 0},
+        min_replies=1,
+        min_nodes=3,
+        timeout=60,
+        ledgers=ledgers,
+        owners=owners,
+    )
+    selection = rounds.round_log[0]["merchants"]
+    assert selection["merchant-1"] == {
+        "state": "failed",
+        "reason": "marginals rejected: non-finite counts",
+    }
+    assert set(rounds.round_log[1]["merchants"]) == {"merchant-0", "merchant-2"}
+    for release, _ in rounds.releases.values():
+        assert release.contributors == 2 and release_problem(release) is None
+    assert len(rounds.tree) == len(encoder.transforms) - 1

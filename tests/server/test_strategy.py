@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Error,
@@ -237,3 +239,232 @@ def test_a_reply_with_mismatched_weights_fails_only_its_merchant():
     arrays, _ = strategy.aggregate_train(1, [trained(11, "merchant-0", 1.0, 100.0), mismatched])
     assert torch.allclose(arrays.to_torch_state_dict()["layer.weight"], torch.full((2, 3), 1.0))
     assert strategy.round_log[0]["merchants"]["merchant-1"]["state"] == FAILED
+
+
+# -- robust aggregation (the module docstring's rules) -----------------------------------------
+
+GLOBAL = 1.0  # the round's global weights, as configure_train sent them
+
+
+def configured(monkeypatch, **options) -> MerchantFedAvg:
+    """A strategy that has sent a round starting from weights(GLOBAL)."""
+    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    strategy = MerchantFedAvg(**options)
+    config = ConfigRecord({DOCUMENT_KEY: dumps({"model": "gan"})})
+    list(strategy.configure_train(1, ArrayRecord(weights(GLOBAL)), config, FakeGrid([11, 12])))
+    return strategy
+
+
+def honest() -> list[Message]:
+    """Three merchants that moved 0.1, 0.2 and 0.3 from the global weights."""
+    return [
+        trained(11, "merchant-0", GLOBAL + 0.1, 100.0),
+        trained(12, "merchant-1", GLOBAL + 0.2, 200.0),
+        trained(13, "merchant-2", GLOBAL + 0.3, 300.0),
+    ]
+
+
+HONEST_MEAN = GLOBAL + (0.1 * 100 + 0.2 * 200 + 0.3 * 300) / 600
+
+
+def poisoned_weights(value: float) -> Message:
+    reply = trained(19, "attacker", GLOBAL, 100.0)
+    reply.content[ARRAYS] = ArrayRecord(
+        {"layer.weight": torch.full((2, 3), value), "layer.bias": torch.full((3,), GLOBAL)}
+    )
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        (lambda: poisoned_weights(float("nan")), "non-finite weights"),
+        (lambda: poisoned_weights(float("inf")), "non-finite weights"),
+        (lambda: poisoned_weights(-float("inf")), "non-finite weights"),
+        (lambda: trained(19, "attacker", GLOBAL + 0.2 * 1e6, 100.0), "median"),
+        (lambda: trained(19, "attacker", (GLOBAL + 0.2) * 1e6, 100.0), "median"),
+        (lambda: trained(19, "attacker", GLOBAL + 0.2, 1e12), "above the schema round's total"),
+        (lambda: trained(19, "attacker", GLOBAL + 0.2, -99.0), "not positive"),
+        (lambda: trained(19, "attacker", GLOBAL + 0.2, 0.0), "not positive"),
+        (lambda: trained(19, "attacker", GLOBAL + 0.2, float("nan")), "non-finite DP row count"),
+        (lambda: trained(19, "attacker", GLOBAL + 0.2, float("inf")), "non-finite DP row count"),
+        (
+            lambda: trained(19, "attacker", GLOBAL + 0.2, 100.0, epsilon=float("nan")),
+            "non-finite metric 'epsilon'",
+        ),
+    ],
+)
+def test_a_poisoned_update_is_rejected_named_and_left_out(monkeypatch, caplog, attack, reason):
+    strategy = configured(monkeypatch, min_train_replies=3, total_dp_rows=(600.0, 9.0))
+    arrays, metrics = strategy.aggregate_train(1, [*honest(), attack()])
+    # The honest three are averaged exactly as without the attacker; the model stays finite.
+    averaged = arrays.to_torch_state_dict()
+    assert torch.allclose(averaged["layer.weight"], torch.full((2, 3), HONEST_MEAN))
+    assert torch.allclose(averaged["layer.bias"], torch.full((3,), HONEST_MEAN))
+    assert all(torch.isfinite(v).all() for v in averaged.values())
+    assert metrics["epsilon"] == pytest.approx(0.5)
+    (entry,) = strategy.round_log
+    assert entry["aggregated"] is True
+    rejected = entry["merchants"]["attacker"]
+    assert rejected["state"] == FAILED
+    assert rejected["reason"].startswith("update rejected:") and reason in rejected["reason"]
+    assert {m for m, r in entry["merchants"].items() if r["state"] == OK} == {
+        "merchant-0",
+        "merchant-1",
+        "merchant-2",
+    }
+    assert "attacker" in caplog.text and "update rejected" in caplog.text
+    # Its ledger is still kept: its steps ran.
+    assert "attacker" in strategy.ledgers
+
+
+def test_honest_merchants_are_averaged_as_before(monkeypatch):
+    strategy = configured(monkeypatch, min_train_replies=3, total_dp_rows=(600.0, 9.0))
+    arrays, _ = strategy.aggregate_train(1, honest())
+    assert torch.allclose(
+        arrays.to_torch_state_dict()["layer.weight"], torch.full((2, 3), HONEST_MEAN)
+    )
+    assert {r["state"] for r in strategy.round_log[0]["merchants"].values()} == {OK}
+
+
+def test_the_row_count_limit_allows_the_noise_of_the_total():
+    """Limit: max(T, 1) + 6 sqrt(V); an honest count may pass T by the others' noise."""
+    strategy = MerchantFedAvg(total_dp_rows=(600.0, 100.0))  # limit 600 + 6 * 10 = 660
+    within = trained(11, "merchant-0", 1.0, 659.0)
+    above = trained(12, "merchant-1", 1.0, 661.0)
+    strategy.aggregate_train(1, [within, above])
+    outcome = strategy.round_log[0]["merchants"]
+    assert outcome["merchant-0"]["state"] == OK
+    assert outcome["merchant-1"]["state"] == FAILED and "660" in outcome["merchant-1"]["reason"]
+    # Without the schema round's total, only finite and positive apply.
+    loose = MerchantFedAvg()
+    loose.aggregate_train(1, [trained(11, "merchant-0", 1.0, 1e12)])
+    assert loose.round_log[0]["merchants"]["merchant-0"]["state"] == OK
+
+
+def test_the_median_rule_with_two_merchants_rejects_the_farther_one(monkeypatch):
+    strategy = configured(monkeypatch, min_train_replies=1)
+    near = trained(11, "merchant-0", GLOBAL + 0.1, 100.0)
+    far = trained(12, "merchant-1", GLOBAL + 0.1 * 11, 100.0)  # 11x the other's distance
+    arrays, _ = strategy.aggregate_train(1, [far, near])
+    assert torch.allclose(arrays.to_torch_state_dict()["layer.weight"], torch.full((2, 3), 1.1))
+    outcome = strategy.round_log[0]["merchants"]
+    assert outcome["merchant-0"]["state"] == OK
+    assert outcome["merchant-1"]["state"] == FAILED
+    assert "other merchant's" in outcome["merchant-1"]["reason"]
+    # Within 10x of each other both are averaged.
+    both = configured(monkeypatch, min_train_replies=2)
+    arrays, _ = both.aggregate_train(
+        1,
+        [
+            trained(11, "merchant-0", GLOBAL + 0.1, 100.0),
+            trained(12, "merchant-1", GLOBAL + 0.9, 100.0),
+        ],
+    )
+    assert torch.allclose(arrays.to_torch_state_dict()["layer.weight"], torch.full((2, 3), 1.5))
+
+
+def test_the_median_rule_with_one_merchant_is_skipped(monkeypatch):
+    strategy = configured(monkeypatch, min_train_replies=1)
+    arrays, _ = strategy.aggregate_train(1, [trained(11, "merchant-0", GLOBAL + 1e6, 100.0)])
+    assert torch.allclose(
+        arrays.to_torch_state_dict()["layer.weight"], torch.full((2, 3), GLOBAL + 1e6)
+    )
+    # The finite rules still apply to a lone merchant.
+    alone = configured(monkeypatch, min_train_replies=1)
+    assert alone.aggregate_train(1, [poisoned_weights(float("nan"))]) == (None, None)
+    assert alone.round_log[0]["merchants"]["attacker"]["reason"] == (
+        "update rejected: non-finite weights"
+    )
+
+
+def test_the_median_rule_measures_from_the_global_weights(monkeypatch):
+    """Updates near a large global model: their norms are alike, their distances are not."""
+    strategy = configured(monkeypatch, min_train_replies=3)
+    replies = [*honest(), trained(19, "attacker", GLOBAL + 0.2 * 20, 100.0)]  # 20x the median
+    strategy.aggregate_train(1, replies)
+    assert strategy.round_log[0]["merchants"]["attacker"]["state"] == FAILED
+    # Without the global weights (no configure_train), norms are compared: 5 vs ~1.2.
+    unconfigured = MerchantFedAvg(min_train_replies=3)
+    unconfigured.aggregate_train(1, replies)
+    assert unconfigured.round_log[0]["merchants"]["attacker"]["state"] == OK
+
+
+def test_rejections_below_the_minimum_keep_the_model(monkeypatch):
+    strategy = configured(monkeypatch, min_train_replies=3)
+    replies = [*honest()[:2], poisoned_weights(float("nan"))]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    (entry,) = strategy.round_log
+    assert entry["aggregated"] is False
+    assert entry["merchants"]["attacker"]["state"] == FAILED
+
+
+def test_an_update_whose_norm_overflows_is_rejected(monkeypatch):
+    """Finite float64 weights whose squared distance overflows: the norm is not finite."""
+    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    strategy = MerchantFedAvg(min_train_replies=1)
+
+    def double(reply: Message, value: float) -> Message:
+        doubles = {
+            k: torch.full(v.shape, value, dtype=torch.float64) for k, v in weights(0).items()
+        }
+        reply.content[ARRAYS] = ArrayRecord(doubles)
+        return reply
+
+    config = ConfigRecord({DOCUMENT_KEY: dumps({"model": "gan"})})
+    start = ArrayRecord({k: v.double() for k, v in weights(GLOBAL).items()})
+    list(strategy.configure_train(1, start, config, FakeGrid([11, 12])))
+    replies = [double(r, GLOBAL + 0.1 * (i + 1)) for i, r in enumerate(honest())]
+    strategy.aggregate_train(1, [*replies, double(poisoned_weights(0.0), 1e300)])
+    outcome = strategy.round_log[0]["merchants"]
+    assert outcome["attacker"]["reason"] == "update rejected: non-finite update norm"
+    assert {m for m, r in outcome.items() if r["state"] == OK} == {
+        "merchant-0",
+        "merchant-1",
+        "merchant-2",
+    }
+
+
+def test_weights_that_are_not_real_numbers_are_rejected(monkeypatch):
+    strategy = configured(monkeypatch, min_train_replies=1)
+    other = trained(19, "attacker", GLOBAL, 100.0)
+    other.content[ARRAYS] = ArrayRecord(
+        {k: Array(v.numpy().astype(np.complex64)) for k, v in weights(GLOBAL + 0.1).items()}
+    )
+    strategy.aggregate_train(1, [*honest(), other])
+    assert strategy.round_log[0]["merchants"]["attacker"]["reason"] == (
+        "update rejected: weight dtypes are not real numbers"
+    )
+    # Another width or an int is averaged: FedAvg's average itself returns float64, and an int
+    # buffer (a batch count) comes back from it as a float.
+    for cast in (torch.Tensor.double, torch.Tensor.long):
+        wider = configured(monkeypatch, min_train_replies=1)
+        other.content[ARRAYS] = ArrayRecord({k: cast(v) for k, v in weights(GLOBAL).items()})
+        wider.aggregate_train(1, [*honest(), other])
+        assert wider.round_log[0]["merchants"]["attacker"]["state"] == OK
+
+
+def test_a_non_finite_aggregate_keeps_the_previous_model(monkeypatch, caplog):
+    """Impossible after the rules; the last check holds even if FedAvg produced one."""
+    from flwr.serverapp.strategy import FedAvg
+
+    def broken(self, server_round, replies):
+        return ArrayRecord(weights(float("nan"))), MetricRecord({"num-examples": 1.0})
+
+    strategy = configured(monkeypatch, min_train_replies=1)
+    monkeypatch.setattr(FedAvg, "aggregate_train", broken)
+    assert strategy.aggregate_train(1, honest()) == (None, None)
+    (entry,) = strategy.round_log
+    assert entry["aggregated"] is False and "not finite" in entry["reason"]
+    assert "not finite" in caplog.text
+
+
+def test_total_dp_rows_are_read_from_the_persisted_statistics(tmp_path):
+    from privacy.statistics import TableStatistics
+    from server.releases import save_statistics
+
+    assert MerchantFedAvg.total_dp_rows_of(tmp_path) is None
+    save_statistics(tmp_path, TableStatistics(columns={}, row_count=600.0, row_count_var=9.0))
+    assert MerchantFedAvg.total_dp_rows_of(tmp_path) == (600.0, 9.0)

@@ -1,9 +1,20 @@
 """The ``fedsynth`` command line, end to end on small inputs."""
 
+import hashlib
 import json
+import re
+import shutil
+from pathlib import Path
 
+import pytest
+import torch
+
+from privacy.claims import generate_key, load_private_key, sign_ledger, sign_manifest
+from privacy.ledger import PrivacyLedger
 from simulations.cli import main
 from simulations.datasets import load_dataset
+from synth_models.artifact import ArtifactError
+from synth_models.synthesizer import TabularSynthesizer
 
 
 def test_fit_writes_a_run_folder_and_sample_reads_it(tmp_path, capsys):
@@ -72,3 +83,152 @@ def test_audit_of_a_real_and_synthetic_pair(tmp_path):
     # Real rows independent of the "synthetic" ones: the attack cannot tell members apart.
     assert 0.35 < report["verdict"]["attack_auc"] < 0.65
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 3
+
+
+# -- fedsynth verify: the signed privacy claims of a federated synthesizer ----------------------
+
+
+@pytest.fixture(scope="module")
+def federated(tmp_path_factory) -> Path:
+    """A marginal-model federation of three merchants through the real ClientApp, in process
+    (the grid of tests/server/test_marginal_rounds.py): a signed artifact."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.app import run_federation
+    from server.config import FederationConfig
+    from tests.server.test_marginal_rounds import grid_for
+
+    tmp = tmp_path_factory.mktemp("federated")
+    pizza = load_dataset("pizzaplace")
+    (tmp / "data").mkdir()
+    table = pizza.table.sample(3000, random_state=0).reset_index(drop=True)
+    for i in range(3):
+        table.iloc[i * 1000 : (i + 1) * 1000].to_csv(
+            tmp / "data" / f"merchant-{i}.csv", index=False
+        )
+    (tmp / "metadata.json").write_text(json.dumps(pizza.metadata))
+    config = FederationConfig(
+        model="marginal",
+        metadata_path=str(tmp / "metadata.json"),
+        table_name="orders",
+        run_dir=str(tmp / "run"),
+        min_nodes=3,
+        audit=False,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("_run_id", "_node_id", "_task_id"):
+            patch.setattr(TaskIdentity, name, 1)
+        return run_federation(grid_for(tmp / "data", tmp / "state", 3), config)
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact.resolve(), copy)
+    return copy
+
+
+def _edit_manifest(path: Path, change) -> None:
+    manifest = json.loads((path / "synthesizer.json").read_text())
+    change(manifest)
+    (path / "synthesizer.json").write_text(json.dumps(manifest))
+
+
+def _verify(capsys, *args) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["verify", *map(str, args)])
+    return code, capsys.readouterr().out
+
+
+def test_verify_passes_an_untampered_federated_synthesizer(federated: Path, capsys) -> None:
+    state = federated.parent.parent / "state"
+    keys = [f"--merchant-key=merchant-{i}={state / f'merchant-{i}.key'}" for i in range(3)]
+    server = federated.parent / "server.key"
+    code, out = _verify(capsys, federated, "--server-key", server, *keys)
+    assert code == 0, out
+    assert "result: verified" in out and "server signature: verified" in out
+    for i in range(3):
+        assert re.search(rf"merchant-{i}\s+verified", out), out
+    synth = TabularSynthesizer.load(federated)
+    assert synth.verification.status == "verified"
+    code, out = _verify(capsys, federated, "--json")
+    assert code == 0 and json.loads(out)["status"] == "verified"
+
+
+def _forge_noise(manifest: dict) -> None:
+    """The attack: noise multipliers x1000, epsilons recomputed so everything adds up."""
+    for ledger in manifest["privacy"]["ledgers"].values():
+        for record in ledger["records"]:
+            record["noise_multiplier"] *= 1000
+        ledger["epsilon"] = PrivacyLedger.from_state_dict(ledger).epsilon()
+    manifest["privacy"]["epsilon"] = max(
+        lg["epsilon"] for lg in manifest["privacy"]["ledgers"].values()
+    )
+
+
+def _edit_weights(path: Path) -> None:
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel())
+    weights[name] = weights[name] + 1.0
+    torch.save(weights, path / "weights.pt")
+    digest = hashlib.sha256((path / "weights.pt").read_bytes()).hexdigest()
+    _edit_manifest(path, lambda m: m.update(weights_sha256=digest))
+
+
+def _edit_encoder(manifest: dict) -> None:
+    """Category frequencies reversed: another synthetic distribution, the same shapes."""
+    size = manifest["encoder"]["transforms"]["size"]
+    size["frequencies"] = size["frequencies"][::-1]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda p: _edit_manifest(p, _forge_noise),
+        _edit_weights,
+        lambda p: _edit_manifest(p, _edit_encoder),
+    ],
+    ids=["ledger-noise-x1000", "weights-rehashed", "encoder"],
+)
+def test_verify_fails_a_tampered_synthesizer(federated: Path, tmp_path: Path, capsys, tamper):
+    copy = _copy(federated, tmp_path)
+    tamper(copy)
+    code, out = _verify(capsys, copy)
+    assert code == 1, out
+    assert "result: failed" in out and "server signature: failed" in out
+    with pytest.raises(ArtifactError, match="do not verify"):
+        TabularSynthesizer.load(copy)
+    marked = TabularSynthesizer.load(copy, allow_unverified=True)
+    assert marked.verification.status == "failed"
+
+
+def test_verify_fails_a_forged_ledger_even_when_the_server_re_signs(
+    federated: Path, tmp_path: Path, capsys
+) -> None:
+    """A server that edits a merchant's ledger and signs the manifest again: the merchant's
+    signature no longer covers its ledger; re-signed with another key, the expected key tells."""
+    copy = _copy(federated, tmp_path)
+    server_key = load_private_key(federated.parent / "server.key")
+    manifest = json.loads((copy / "synthesizer.json").read_text())
+    _forge_noise(manifest)
+    (copy / "synthesizer.json").write_text(json.dumps(sign_manifest(manifest, server_key)))
+    code, out = _verify(capsys, copy)
+    assert code == 1 and re.search(r"merchant-0\s+failed", out), out
+    assert "server signature: verified" in out
+    # every ledger re-signed with a key of the forger's: only the expected keys tell
+    forger = generate_key()
+    for name, ledger in manifest["privacy"]["ledgers"].items():
+        manifest["privacy"]["ledgers"][name] = sign_ledger(ledger, forger, round=ledger["round"])
+    (copy / "synthesizer.json").write_text(json.dumps(sign_manifest(manifest, server_key)))
+    assert _verify(capsys, copy)[0] == 0  # consistent, but signed by whom?
+    state = federated.parent.parent / "state"
+    code, out = _verify(capsys, copy, f"--merchant-key=merchant-1={state / 'merchant-1.key'}")
+    assert code == 1 and "not the expected key" in out, out
+
+
+def test_verify_reports_an_unsigned_synthesizer(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "fit"
+    assert main(["fit", "--dataset", "oj", "--epochs", "1", "--out", str(out)]) == 0
+    code, text = _verify(capsys, out / "synthesizer")
+    assert code == 2, text
+    assert "result: unsigned" in text and re.search(r"local\s+unsigned", text)
+    assert TabularSynthesizer.load(out / "synthesizer").verification.status == "unsigned"
