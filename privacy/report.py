@@ -779,11 +779,19 @@ def federated_verdict(report: dict) -> dict:
             for m in (merchants.values() if isinstance(merchants, Mapping) else [])
         ),
         "failures": len(failures) if isinstance(failures, list) else 0,
+        "signatures": _get(report, "verification", "status"),
     }
     checks: list[dict] = []
     not_checked = [] if claimed_eps is not None else ["claimed epsilon"]
     if not dp:
         not_checked.append("DP fidelity (no DP release held)")
+    if out["signatures"] == "failed":
+        _check(
+            checks,
+            "signatures",
+            "critical",
+            "The artifact's privacy claims do not verify (run fedsynth verify).",
+        )
     _ledger_checks(checks, claimed_eps, ledger_eps)
     _failure_checks(checks, failures)
     return _concluded(out, checks, not_checked)
@@ -808,6 +816,7 @@ def _federated_verdict_box(v: dict) -> str:
             with_reference("dp_pair_fidelity", "dp_pair_reference"),
         ),
         ("Local audit reports written", f"{v['local_reports']} of {v['merchants']} merchants"),
+        ("Signed privacy claims", _fmt(v["signatures"] or "not checked")),
     ]
     return _verdict_html(v, rows)
 

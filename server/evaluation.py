@@ -35,6 +35,7 @@ LABELS = {
     "dp_fidelity": DP_LABEL,
     "claimed": "the synthesizer's guarantee: the largest epsilon over the merchants' ledgers",
     "ledgers": "each merchant's DP mechanisms (noise multiplier, sample rate, steps)",
+    "verification": "signatures of the server's manifest and each merchant's ledger claim",
     "rounds": "epsilon each merchant had spent after each round",
     "failures": "merchants that failed or refused a round (for the audit: the state only)",
     "merchants": (
@@ -166,11 +167,25 @@ def federated_report(
             "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
         },
         "ledgers": {m: lg.state_dict() for m, lg in synth.ledgers_.items()},
+        # The artifact's signatures, as ``fedsynth verify`` checks them (without pinned keys).
+        "verification": _verification(synth),
         "rounds": rounds_epsilon(run_dir),
         "failures": failures(run_dir, {m: {"state": s} for m, s in local_audits.items()}),
         "merchants": {
             m: {"state": s, "local_report": s == OK} for m, s in sorted(local_audits.items())
         },
+    }
+
+
+def _verification(synth: TabularSynthesizer) -> dict:
+    found = synth.verification
+    if found is None:
+        return {"status": "unsigned", "server": "unsigned", "merchants": {}}
+    return {
+        "status": found.status,
+        "server": found.server,
+        "merchants": {name: check.status for name, check in found.ledgers.items()},
+        "problems": list(found.problems),
     }
 
 

@@ -548,3 +548,14 @@ def test_report_in_headless_chromium(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.exists() and shot.stat().st_size > 50_000
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_federated_verdict_shows_and_checks_the_signatures():
+    report = make_federated_report()
+    report["verification"] = {"status": "verified", "server": "verified", "merchants": {}}
+    box = render_federated_html(report, title="t").split('id="verdict"')[1].split("</section>")[0]
+    assert "Signed privacy claims" in box and "verified" in box
+    assert "signatures" not in [c["check"] for c in federated_verdict(report)["failed_checks"]]
+    report["verification"]["status"] = "failed"
+    failed = federated_verdict(report)
+    assert failed["critical"] and "signatures" in [c["check"] for c in failed["failed_checks"]]

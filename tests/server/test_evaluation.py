@@ -143,8 +143,12 @@ def test_nothing_of_a_merchants_audit_reply_but_its_state_reaches_the_report(aud
     document, html = _report(root)
     report = document["audit"]
     assert set(report) == {
-        "kind", "labels", "dp_fidelity", "claimed", "ledgers", "rounds", "failures", "merchants",
+        "kind", "labels", "dp_fidelity", "claimed", "ledgers", "verification", "rounds",
+        "failures", "merchants",
     }  # fmt: skip
+    # The merchants signed their ledgers and the server its checkpoint: the report says so.
+    assert report["verification"]["status"] == "verified"
+    assert set(report["verification"]["merchants"].values()) == {"verified"}
     assert report["merchants"] == {
         "merchant-0": {"state": "ok", "local_report": True},
         "merchant-1": {"state": "ok", "local_report": True},
