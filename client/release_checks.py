@@ -28,7 +28,13 @@ from synth_models.federation import (
     STATUS_KEYS,
 )
 from synth_models.marginal_model import MarginalModel
-from synth_models.marginals import MEASUREMENT, MEASUREMENT_LABEL, SELECTION, SELECTION_LABEL
+from synth_models.marginals import (
+    MEASUREMENT,
+    MEASUREMENT_LABEL,
+    SELECTION,
+    SELECTION_LABEL,
+    all_pairs,
+)
 from synth_models.schema import CATEGORICAL, DATETIME, TableSchema
 from synth_models.synthesizer import STATISTICS_LABEL, build_model
 from synth_models.training import TRAINING_LABEL
@@ -249,7 +255,7 @@ def marginal_problems(document, *, request: dict, ledger: dict | None, private: 
         return ["marginals requested of a model that is not the marginal model"]
     phase = request.get("phase")
     if phase == SELECTION:
-        cliques = [list(c) for c in _all_pairs(len(model.sizes))]
+        cliques = [list(c) for c in all_pairs(len(model.sizes))]
         atoms = [[grid_for(model.encoder.schema[name]).num_bins] for name in model.atom_columns()]
     elif phase == MEASUREMENT:
         cliques = [list(c) for c in model.measurement_cliques([tuple(p) for p in request["tree"]])]
@@ -273,10 +279,6 @@ def marginal_problems(document, *, request: dict, ledger: dict | None, private: 
         label=SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL,
         private=private,
     )
-
-
-def _all_pairs(n: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(n) for j in range(i + 1, n)]
 
 
 def weights_problems(arrays: dict[str, torch.Tensor], *, request: dict) -> list[str]:
