@@ -75,6 +75,7 @@ from synth_models.synthesizer import check_model_size
 from synth_models.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
+SIMULATED_POLICY = "policy.toml"
 
 
 def merchant_name(context: Context) -> str:
@@ -118,7 +119,9 @@ def make_client_app(
     ``lock_timeout``: how long a message waits for a ledger file another run holds."""
 
     def policy_for(context: Context) -> MerchantPolicy:
-        return MerchantPolicy.from_node_config(context.node_config, base=policy)
+        return MerchantPolicy.from_node_config(
+            context.node_config, base=policy or simulated_policy(context, state_dir)
+        )
 
     app = ClientApp(mods=[*(mods or []), make_reply_guard(policy_for, merchant_name)])
 
@@ -416,6 +419,18 @@ def _status(
     return Message(
         RecordDict({STATUS: _status_record(merchant, state, code, column)}), reply_to=msg
     )
+
+
+def simulated_policy(context: Context, state_dir: str | None = None) -> MerchantPolicy | None:
+    """A simulated merchant's policy: ``<state-dir>/policy.toml``, written by whoever plays the
+    merchants (``simulations.runner``). Only nodes that name neither their own table nor their
+    own ledger are simulated; a deployed merchant's policy comes from its node config alone."""
+    node = context.node_config
+    if "partition-id" not in node or "data-path" in node or "state-path" in node:
+        return None
+    directory = _setting(context, "state-dir", state_dir)
+    path = Path(directory) / SIMULATED_POLICY if directory else None
+    return MerchantPolicy.from_file(path) if path is not None and path.exists() else None
 
 
 def audit_dir(context: Context, merchant: str, state_dir: str | None = None) -> Path:

@@ -23,10 +23,12 @@ from client.release_checks import (
     audit_problems,
     ledger_problems,
     marginal_problems,
+    requested_cells,
     statistics_problems,
     status_problems,
     weights_problems,
 )
+from synth_models.encoder import TableEncoder
 from synth_models.federation import (
     ARRAYS,
     AUDIT,
@@ -47,6 +49,7 @@ from synth_models.federation import (
     dumps,
 )
 from synth_models.schema import TableSchema
+from synth_models.synthesizer import check_model_size
 
 logger = logging.getLogger(__name__)
 # What each message type may release besides its status and ledger summary.
@@ -56,7 +59,9 @@ RELEASES = {
     TRAIN_MESSAGE: frozenset({ARRAYS, METRICS}),
     EVALUATE_MESSAGE: frozenset({AUDIT}),
 }
-MAX_REPLY_BYTES = 64 * 2**20
+MAX_REPLY_BYTES = 64 * 2**20  # besides the payload the request itself sizes (below)
+JSON_NUMBER_BYTES = 32  # a float64 in JSON, its separator and brackets, at most
+PARAMETER_BYTES = 8  # a float64 weight or buffer, at most
 
 
 def _strict_json(text: str):
@@ -93,7 +98,9 @@ def reply_problems(
         elif not isinstance(record, MetricRecord):
             problems.append(f"record {name!r} of type {type(record).__name__} is not allowed")
     if size > MAX_REPLY_BYTES:
-        return [f"reply of {size} bytes is larger than {MAX_REPLY_BYTES}"]
+        limit = MAX_REPLY_BYTES + requested_bytes(message_type, request)
+        if size > limit:
+            return [f"reply of {size} bytes is larger than {limit}"]
     if problems:
         return problems
     status = documents.get(STATUS)
@@ -132,6 +139,23 @@ def reply_problems(
     if METRICS in content:
         problems += _metric_problems(content.metric_records[METRICS], private=private)
     return problems
+
+
+def requested_bytes(message_type: str, request: dict) -> int:
+    """The most bytes the releases a request asks for can take, from the request alone (its
+    encoder, model and phase: public): the cap on a reply follows the public schema, so a
+    declared domain of 20,000 values, and the tables and weights it makes, can leave. What
+    the releases hold is checked number by number, shape by shape, below."""
+    if "encoder" not in request:
+        return 0
+    if message_type == MARGINALS_MESSAGE:
+        return JSON_NUMBER_BYTES * requested_cells(request)
+    if message_type == TRAIN_MESSAGE and "model" in request:
+        encoder = TableEncoder.from_dict(request["encoder"])
+        return PARAMETER_BYTES * check_model_size(
+            request["model"], encoder, request.get("model_options")
+        )
+    return 0
 
 
 def _metric_problems(record: MetricRecord, *, private: bool) -> list[str]:

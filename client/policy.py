@@ -109,6 +109,15 @@ class MerchantPolicy:
             values[name] = value
         return dataclasses.replace(base or cls(), **values)
 
+    def to_settings(self) -> dict:
+        """The kebab-case settings ``from_settings`` reads (for a policy file)."""
+        values = {key: getattr(self, key.replace("-", "_")) for key in POLICY_KEYS}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in values.items()
+            if value is not None
+        }
+
     @classmethod
     def from_file(cls, path: str | Path, *, base: MerchantPolicy | None = None) -> MerchantPolicy:
         path = Path(path)

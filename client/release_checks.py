@@ -17,7 +17,15 @@ import torch
 from client.policy import MerchantPolicy
 from privacy.claims import LEDGER_FIELDS, SIGNATURE_FIELDS, VERIFIED, verify_ledger
 from privacy.ledger import MechanismRecord, PrivacyLedger
-from privacy.statistics import MAX_DECIMALS, canonical_order
+from privacy.statistics import (
+    MAX_DECIMALS,
+    OPEN_VOCABULARY,
+    OTHER,
+    canonical_order,
+    category_key,
+    open_column_weight,
+    squared_sensitivity,
+)
 from synth_models.encoder import TableEncoder, grid_for
 from synth_models.federation import (
     FAILED,
@@ -178,7 +186,7 @@ def statistics_problems(
         return ["statistics columns are not the public schema's"]
     if document["contributors"] != 1 or not _number(document["row_count"]):
         return ["statistics row count or contributors are not one merchant's number"]
-    problems, histograms = [], 1
+    problems, histograms, noise_vars = [], 1, []
     for spec in schema.columns:
         column = columns[spec.name]
         where = f"statistics of column {spec.name!r}"
@@ -188,8 +196,8 @@ def statistics_problems(
         if not (_numbers(column["counts"]) and _number(column["missing"])):
             problems.append(f"{where}: counts are not finite numbers")
             continue
-        if column["noise_var"] != document["row_count_var"]:
-            problems.append(f"{where}: noise differs from the rest of the release")
+        # An open column's histogram has its own (smaller) noise: checked once all are counted.
+        noise_vars.append((where, column["noise_var"], _is_open(spec)))
         histograms += 1
         if spec.kind == CATEGORICAL:
             problems += _category_problems(column, spec.categories, where)
@@ -212,13 +220,26 @@ def statistics_problems(
                 )
             ):
                 problems.append(f"{where} are not counts on the column's public grid")
+    open_columns = sum(_is_open(spec) for spec in schema.columns)
+    weight = open_column_weight(histograms=histograms, open_columns=open_columns)
+    for where, noise_var, is_open in noise_vars:
+        expected = document["row_count_var"] / (weight if is_open else 1.0)
+        if not (_number(noise_var) and math.isclose(noise_var, expected, rel_tol=1e-9)):
+            problems.append(f"{where}: noise differs from the rest of the release")
     return problems + _noise_problems(
         document["row_count_var"],
-        tables=histograms,
+        tables=squared_sensitivity(histograms=histograms, open_columns=open_columns),
         ledger=ledger,
         label=STATISTICS_LABEL,
         private=private,
     )
+
+
+def _is_open(spec) -> bool:
+    return spec.kind == CATEGORICAL and spec.categories is None
+
+
+_PUBLIC_CELLS = frozenset(category_key(v) for v in OPEN_VOCABULARY)
 
 
 def _category_problems(column: dict, domain: tuple | None, where: str) -> list[str]:
@@ -231,7 +252,7 @@ def _category_problems(column: dict, domain: tuple | None, where: str) -> list[s
         if not column["public_domain"] or categories != list(domain):
             return [f"{where}: categories are not the declared domain"]
         return []
-    if column["public_domain"] or len(categories) > MAX_MARGINAL_DOMAIN:
+    if column["public_domain"] or len(categories) > MAX_MARGINAL_DOMAIN + len(OPEN_VOCABULARY):
         return [f"{where}: too many released categories"]
     scalar = (str, int, float, bool)
     if not all(
@@ -241,6 +262,13 @@ def _category_problems(column: dict, domain: tuple | None, where: str) -> list[s
         return [f"{where}: a released category is not a short scalar"]
     if categories != sorted(categories, key=canonical_order):
         return [f"{where}: released categories are not in canonical order"]
+    keys = [category_key(c) for c in categories]
+    # Every public cell, zeros included (its absence would say no row holds it), once each;
+    # never OTHER itself, which only the server's closing of the domain adds.
+    if len(set(keys)) != len(keys) or not set(keys) >= _PUBLIC_CELLS:
+        return [f"{where}: released categories are not every public cell once plus found labels"]
+    if category_key(OTHER) in keys:
+        return [f"{where}: a release holds the {OTHER!r} value"]
     return []
 
 
@@ -254,14 +282,10 @@ def marginal_problems(document, *, request: dict, ledger: dict | None, private: 
     if not isinstance(model, MarginalModel):
         return ["marginals requested of a model that is not the marginal model"]
     phase = request.get("phase")
-    if phase == SELECTION:
-        cliques = [list(c) for c in all_pairs(len(model.sizes))]
-        atoms = [[grid_for(model.encoder.schema[name]).num_bins] for name in model.atom_columns()]
-    elif phase == MEASUREMENT:
-        cliques = [list(c) for c in model.measurement_cliques([tuple(p) for p in request["tree"]])]
-        atoms = []
-    else:
+    requested = requested_tables(model, request)
+    if requested is None:
         return ["marginals of an unknown phase"]
+    cliques, atoms = requested
     expected_cliques = cliques + [[-1 - i] for i in range(len(atoms))]
     expected_shapes = [[model.sizes[j] for j in c] for c in cliques] + atoms
     if document["cliques"] != expected_cliques or document["shapes"] != expected_shapes:
@@ -270,8 +294,14 @@ def marginal_problems(document, *, request: dict, ledger: dict | None, private: 
         return ["marginals are not one merchant's tables"]
     if [_shape(t) for t in document["tables"]] != expected_shapes:
         return ["marginal tables are not tables of finite numbers of their declared shapes"]
-    if any(n > MAX_MARGINAL_DOMAIN for shape in expected_shapes for n in shape):
-        return [f"a marginal domain is longer than {MAX_MARGINAL_DOMAIN} values"]
+    limits = _domain_limits(model, request)
+    pair_shapes = expected_shapes[: len(cliques)]
+    if any(
+        n > limits[j]
+        for clique, shape in zip(cliques, pair_shapes, strict=True)
+        for j, n in zip(clique, shape, strict=True)
+    ) or any(n > MAX_MARGINAL_DOMAIN for shape in atoms for n in shape):
+        return ["a marginal domain is longer than its column's limit"]
     return _noise_problems(
         document["noise_var"],
         tables=len(cliques) + model.atom_weight * len(atoms),
@@ -279,6 +309,60 @@ def marginal_problems(document, *, request: dict, ledger: dict | None, private: 
         label=SELECTION_LABEL if phase == SELECTION else MEASUREMENT_LABEL,
         private=private,
     )
+
+
+def requested_tables(
+    model: MarginalModel, request: dict
+) -> tuple[list[list[int]], list[list[int]]] | None:
+    """The cliques (column indices) and the 1-way atom shapes (grid bins) the request's phase
+    measures; None for an unknown phase."""
+    phase = request.get("phase")
+    if phase == SELECTION:
+        cliques = [list(c) for c in all_pairs(len(model.sizes))]
+        atoms = [[grid_for(model.encoder.schema[name]).num_bins] for name in model.atom_columns()]
+        return cliques, atoms
+    if phase == MEASUREMENT:
+        return [list(c) for c in model.measurement_cliques([tuple(p) for p in request["tree"]])], []
+    return None
+
+
+def requested_cells(request: dict) -> int:
+    """How many numbers the marginals a request asks for hold: public, from its encoder (a
+    declared domain of 20,000 postcodes makes large tables, and says nothing about the rows)."""
+    encoder = TableEncoder.from_dict(request["encoder"])
+    model = build_model("marginal", encoder, request.get("model_options") or {})
+    if not isinstance(model, MarginalModel):
+        return 0
+    requested = requested_tables(model, request)
+    if requested is None:
+        return 0
+    cliques, atoms = requested
+    return sum(math.prod(model.sizes[j] for j in c) for c in cliques) + sum(
+        math.prod(shape) for shape in atoms
+    )
+
+
+def _domain_limits(model: MarginalModel, request: dict) -> list[int]:
+    """The longest domain each column's marginals may have: ``MAX_MARGINAL_DOMAIN``, or a
+    declared categorical column's whole public domain (plus its missing slot) where the
+    request's encoder holds exactly that domain. A declared domain is public, so its length
+    says nothing about the rows (a shop's 20,000 postcodes); a domain the server chose (DP
+    categories, numeric bins) keeps the cap."""
+    schema = model.encoder.schema
+    pinned = request.get("schema") is None or request["schema"] == schema.to_dict()
+    limits = []
+    for domain in model.domains:
+        spec, transform = schema[domain.name], model.encoder.transforms[domain.name]
+        declared = (
+            pinned
+            and spec.kind == CATEGORICAL
+            and spec.categories is not None
+            and list(getattr(transform, "categories", ())) == list(spec.categories)
+        )
+        limits.append(
+            max(MAX_MARGINAL_DOMAIN, len(spec.categories) + 1) if declared else MAX_MARGINAL_DOMAIN
+        )
+    return limits
 
 
 def weights_problems(arrays: dict[str, torch.Tensor], *, request: dict) -> list[str]:

@@ -8,15 +8,39 @@ release: integer counts plus integer noise from a source nobody else can seed
 (``privacy.noise``).
 
 Numeric values go to a fixed, data-independent grid (never the data's own min/max). Categories
-of a public domain are counted densely; an unknown domain is released sparsely: only categories
-whose noisy count passes a threshold appear, which costs an extra ``delta`` (the probability that
-a category held by a single row passes it). Released categories are sorted canonically, so that
+of a public domain are counted densely. Released categories are sorted canonically, so that
 their order tells nothing about the rows. Statistics are additive: merchants' releases sum.
+
+Undeclared ("open") categorical domains, discovered for a union of merchants. The design is
+partition selection with public partitions (Wilson et al. 2020, "Differentially Private SQL
+with Bounded User Contribution", PoPETs 2020(2); Desfontaines et al. 2022, "Differentially
+Private Partition Selection", PoPETs 2022(1)) run by each merchant on its own rows, whose
+union the server takes as post-processing (as DP set union does: Gopi et al. 2020, ICML):
+
+* Public cells (``OPEN_VOCABULARY``: small integers and boolean words, labels anyone could
+  guess) are counted densely in every open column, zeros included, with no threshold and no
+  extra delta. Every merchant releases every such cell, so the server sees the *pooled* count
+  of a flag or a small code with noise ``sqrt(merchants)`` times one merchant's: a value is
+  found when it holds a meaningful share of the pooled rows, wherever they are.
+* Any other label is released by a merchant only when its noisy count passes a threshold
+  (Gaussian partition selection; the extra ``delta`` is the chance that a label held by one
+  row passes it). No merchant can release a label that only a few of its own rows hold, so
+  such labels, and all those rarer than ``MIN_OPEN_SHARE`` of the pooled rows, go to one
+  explicit value, ``OTHER``, whose count is the noisy row count less the missing and kept
+  counts (post-processing: :func:`close_open_domains`). Nothing aborts: a column where no label
+  is found is all ``OTHER``. The marginal model's rounds then count every merchant's rows on
+  the union (``OTHER`` included), densely: the second stage of "select, then measure".
+* Open columns take ``DISCOVERY_SHARE`` of the release's precision (``1 / std**2``): a label
+  not released is lost for good, a noisy numeric bin is only blurrier. With ``d`` other
+  histograms and ``s`` open ones each open histogram gets weight ``w = max(1, d / s)``, noise
+  ``std / sqrt(w)``; the release's L2 sensitivity in units of ``std`` is ``sqrt(d + w s)``,
+  its RDP that of one Gaussian of noise multiplier ``std / sqrt(d + w s)``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +52,19 @@ from privacy.noise import NoiseSource, SecureNoise
 
 MAX_DECIMALS = 6
 
+# -- open (undeclared) categorical domains ---------------------------------------------------
+OTHER = "(other)"  # the value of every label an open domain does not keep
+BOOLEAN_WORDS = (
+    "F", "FALSE", "False", "N", "NO", "No", "T", "TRUE", "True", "Y", "YES", "Yes",
+    "f", "false", "n", "no", "t", "true", "y", "yes",
+)  # fmt: skip
+# Public cells of every open column, counted densely: labels anyone could guess.
+OPEN_VOCABULARY: tuple = (False, True, *range(-1, 101), *BOOLEAN_WORDS)
+DISCOVERY_SHARE = 0.5  # of the release's precision, for the open columns' histograms
+MIN_OPEN_SHARE = 1e-3  # of the pooled present rows: rarer kept labels go to OTHER
+MAX_OPEN_CATEGORIES = 256  # kept labels per open column (the most frequent); the rest: OTHER
+SPURIOUS_CELLS = 0.01  # expected number of noise-only public cells kept per open column
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -35,12 +72,17 @@ class Grid:
 
     ``log``: symmetric geometric bins from ``low`` to ``high`` in magnitude, ``per_decade`` bins
     per decade, one bin for ``|x| < low`` and open overflow bins. ``uniform``: ``bins`` equal bins
-    on ``[low, high]`` (public bounds)."""
+    on ``[low, high]`` (public bounds).
+
+    16 bins per decade (15% wide): every bin's count carries the same noise, so a finer grid
+    spreads a column's rows over more noisy bins; a heavy tail at 32 per decade sank into the
+    noise of twice as many bins (``encoder.numeric_shape`` finds the resolution the counts
+    allow, but cannot undo noise)."""
 
     kind: str = "log"
     low: float = 1e-3
     high: float = 1e9
-    per_decade: int = 32
+    per_decade: int = 16
     bins: int = 0
 
     def edges(self) -> np.ndarray:
@@ -166,19 +208,26 @@ class TableStatistics:
 
 
 def merge_statistics(parts: list[TableStatistics]) -> TableStatistics:
-    """Sum merchants' releases: counts add, noise variances add, category domains unite."""
+    """Sum merchants' releases: counts add, noise variances add, category domains unite (an
+    open domain's in canonical order, whatever the merchants' order). The sum stays a sum (open
+    domains are closed by the encoder: :func:`close_open_domains`)."""
     if not parts:
         raise ValueError("no statistics to merge")
     columns: dict[str, ColumnStatistics] = {}
     for name, first in parts[0].columns.items():
         group = [p.columns[name] for p in parts]
         if first.kind == "categorical":
-            totals: dict = {}
+            totals: dict = {}  # by typed key: True and 1 are different labels
             for col in group:
                 for category, count in zip(col.categories, col.counts, strict=True):
-                    totals[category] = totals.get(category, 0.0) + float(count)
-            categories = list(totals)
-            counts = np.array([totals[c] for c in categories], dtype=float)
+                    key = category_key(category)
+                    label, total = totals.get(key, (category, 0.0))
+                    totals[key] = (label, total + float(count))
+            ordered = sorted(totals.values(), key=lambda pair: canonical_order(pair[0]))
+            if first.public_domain:  # the declared order, which the encoder keeps
+                ordered = list(totals.values())
+            categories = [label for label, _ in ordered]
+            counts = np.array([total for _, total in ordered], dtype=float)
         else:
             categories = None
             counts = np.sum([c.counts for c in group], axis=0)
@@ -217,6 +266,85 @@ def num_histograms(columns: dict[str, CategoricalInput | NumericInput]) -> int:
     for spec in columns.values():
         k += 1 + int(isinstance(spec, NumericInput) and spec.count_decimals)
     return k
+
+
+def num_open_columns(columns: dict[str, CategoricalInput | NumericInput]) -> int:
+    """Categorical columns without a declared domain (each one histogram)."""
+    return sum(isinstance(s, CategoricalInput) and s.domain is None for s in columns.values())
+
+
+def open_column_weight(*, histograms: int, open_columns: int) -> float:
+    """Precision weight of each open column's histogram among ``histograms`` in all (the other
+    ones weigh 1): together the open ones take at least ``DISCOVERY_SHARE`` of the release's
+    precision, and each at least an ordinary histogram's."""
+    if open_columns <= 0:
+        return 1.0
+    dense = histograms - open_columns
+    return max(1.0, DISCOVERY_SHARE / (1.0 - DISCOVERY_SHARE) * dense / open_columns)
+
+
+def squared_sensitivity(*, histograms: int, open_columns: int) -> float:
+    """The release's squared L2 sensitivity in units of an ordinary histogram's noise std:
+    ``noise_std = noise_multiplier * sqrt(this)``, an open histogram's ``noise_std / sqrt(w)``."""
+    weight = open_column_weight(histograms=histograms, open_columns=open_columns)
+    return histograms - open_columns + weight * open_columns
+
+
+def category_key(value) -> tuple:
+    """A label's identity with its type: ``True`` and ``1`` (equal in Python) are two labels."""
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    return (type(value).__name__, value)
+
+
+_VOCABULARY_KEYS = frozenset(category_key(v) for v in OPEN_VOCABULARY)
+
+
+def in_open_vocabulary(value) -> bool:
+    return category_key(value) in _VOCABULARY_KEYS
+
+
+def close_open_domains(stats: TableStatistics) -> TableStatistics:
+    """Post-processing of (summed) DP statistics: every open categorical column keeps its
+    public cells that stand out of the noise and its released labels, those holding at least
+    ``MIN_OPEN_SHARE`` of the present rows (at most ``MAX_OPEN_CATEGORIES``, the most frequent),
+    in canonical order, then ``OTHER`` with the rest: the noisy row count less the missing and
+    kept counts, at least 0. A column that already holds ``OTHER`` is closed (a release never
+    holds it: :func:`release_statistics` leaves that label to the remainder)."""
+    columns = dict(stats.columns)
+    for name, column in stats.columns.items():
+        if column.kind != "categorical" or column.public_domain:
+            continue
+        if any(category_key(c) == category_key(OTHER) for c in column.categories):
+            continue
+        counts = np.asarray(column.counts, dtype=float)
+        public = np.array([in_open_vocabulary(c) for c in column.categories], dtype=bool)
+        std = math.sqrt(max(column.noise_var, 0.0))
+        cut = std * norm.isf(SPURIOUS_CELLS / max(int(public.sum()), 1))
+        present = max(stats.row_count - column.missing, 0.0)
+        # A released label already passed a merchant's threshold: only the share floor applies.
+        keep = np.where(public, counts > cut, counts > 0) & (counts >= MIN_OPEN_SHARE * present)
+        kept = np.flatnonzero(keep)
+        if len(kept) > MAX_OPEN_CATEGORIES:
+            kept = np.sort(kept[np.argsort(-counts[kept], kind="stable")[:MAX_OPEN_CATEGORIES]])
+        other = max(present - float(counts[kept].sum()), 0.0)
+        columns[name] = ColumnStatistics(
+            kind="categorical",
+            counts=np.append(counts[kept], other),
+            missing=column.missing,
+            noise_var=column.noise_var,
+            categories=[column.categories[i] for i in kept] + [OTHER],
+            public_domain=False,
+        )
+    return TableStatistics(
+        columns=columns,
+        row_count=stats.row_count,
+        row_count_var=stats.row_count_var,
+        contributors=stats.contributors,
+    )
 
 
 def discrete_gaussian_tail(m: int, sigma: float) -> float:
@@ -259,23 +387,30 @@ def release_statistics(
     ``SeededNoise`` is for tests only)."""
     if noise_multiplier < 0:
         raise ValueError("noise_multiplier must be >= 0 (0: exact, non-private statistics)")
-    noise_std = noise_multiplier * math.sqrt(num_histograms(columns))
+    num_sparse = num_open_columns(columns)
+    sensitivity_squared = squared_sensitivity(
+        histograms=num_histograms(columns), open_columns=num_sparse
+    )
+    noise_std = noise_multiplier * math.sqrt(sensitivity_squared)
     var = noise_std**2
-    num_sparse = sum(isinstance(s, CategoricalInput) and s.domain is None for s in columns.values())
+    # Open columns' histograms (their missing bins included) are weighted: less noise.
+    open_std = noise_std / math.sqrt(
+        open_column_weight(histograms=num_histograms(columns), open_columns=num_sparse)
+    )
     threshold = (
-        sparse_threshold(noise_std, delta=threshold_delta, num_sparse=max(num_sparse, 1))
-        if noise_std > 0
+        sparse_threshold(open_std, delta=threshold_delta, num_sparse=max(num_sparse, 1))
+        if open_std > 0
         else 0.5  # non-private: every observed category
     )
 
     noise = SecureNoise() if noise is None else noise
     cells = 0
 
-    def noisy(counts: np.ndarray) -> np.ndarray:
+    def noisy(counts: np.ndarray, std: float = noise_std) -> np.ndarray:
         nonlocal cells
         counts = np.asarray(counts).astype(np.int64)  # numbers of rows
         cells += counts.size
-        return (counts + noise.discrete_gaussian(noise_std, counts.shape)).astype(float)
+        return (counts + noise.discrete_gaussian(std, counts.shape)).astype(float)
 
     released: dict[str, ColumnStatistics] = {}
     n_rows = None
@@ -284,25 +419,19 @@ def release_statistics(
             values = spec.values
             n_rows = len(values)
             missing = float(values.isna().sum())
-            observed = values.dropna().value_counts(sort=False)
             if spec.domain is not None:
+                observed = values.dropna().value_counts(sort=False)
                 categories = list(spec.domain)
                 counts = noisy(np.array([observed.get(c, 0) for c in categories], dtype=float))
+                column_std = noise_std
             else:
-                noisy_counts = noisy(observed.to_numpy(dtype=float))
-                keep = noisy_counts > threshold
-                # Canonical order: first-appearance order would tell which row came first.
-                ordered = sorted(
-                    zip([_plain(c) for c in observed.index[keep]], noisy_counts[keep], strict=True),
-                    key=lambda pair: canonical_order(pair[0]),
-                )
-                categories = [c for c, _ in ordered]
-                counts = np.array([n for _, n in ordered], dtype=float)
+                categories, counts = _open_release(values.dropna(), noisy, open_std, threshold)
+                column_std = open_std
             released[name] = ColumnStatistics(
                 kind="categorical",
                 counts=counts,
-                missing=float(noisy(missing)),
-                noise_var=var,
+                missing=float(noisy(missing, column_std)),
+                noise_var=column_std**2,
                 categories=categories,
                 public_domain=spec.domain is not None,
             )
@@ -335,7 +464,7 @@ def release_statistics(
         1,
         extra_delta,
         mechanism=DISCRETE_GAUSSIAN,
-        l2_sensitivity=math.sqrt(num_histograms(columns)),
+        l2_sensitivity=math.sqrt(sensitivity_squared),
         dimension=0 if num_sparse else cells,  # a sparse domain's size is not public
     )
     return stats, record
@@ -347,8 +476,33 @@ def _plain(value):
 
 
 def canonical_order(value) -> tuple:
-    """Sort key of released category labels: numbers (by value) before strings (by text), so
-    a released list's order says nothing about which row came first."""
-    if isinstance(value, bool | int | float):
+    """Sort key of released category labels: booleans, numbers (by value), strings (by text),
+    then ``OTHER`` (last in a closed domain), so a released list's order says nothing about
+    which row came first."""
+    value = _plain(value)
+    if isinstance(value, bool):
         return (0, float(value), "")
-    return (1, 0.0, str(value))
+    if isinstance(value, int | float):
+        return (1, float(value), "")
+    if isinstance(value, str) and value == OTHER:
+        return (3, 0.0, "")
+    return (2, 0.0, str(value))
+
+
+def _open_release(
+    values: pd.Series, noisy, std: float, threshold: float
+) -> tuple[list, np.ndarray]:
+    """One open column's labels and noisy counts: every public cell of ``OPEN_VOCABULARY``
+    (zeros included: public partitions need no threshold), and each other label whose noisy
+    count passes ``threshold``, in canonical order. ``OTHER`` itself is never released: rows
+    holding it stay in the remainder, which is what ``OTHER`` counts."""
+    observed = Counter(map(category_key, values))
+    public = noisy(np.array([observed.get(category_key(v), 0) for v in OPEN_VOCABULARY]), std)
+    hidden = {*_VOCABULARY_KEYS, category_key(OTHER)}
+    keys = [k for k in observed if k not in hidden]
+    private = noisy(np.array([observed[k] for k in keys], dtype=np.int64), std)
+    pairs = [*zip(OPEN_VOCABULARY, public, strict=True)]
+    pairs += [(k[1], n) for k, n in zip(keys, private, strict=True) if n > threshold]
+    # Canonical order: first-appearance order would tell which row came first.
+    pairs.sort(key=lambda pair: canonical_order(pair[0]))
+    return [label for label, _ in pairs], np.array([n for _, n in pairs], dtype=float)

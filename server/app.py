@@ -38,6 +38,7 @@ from server.config import FederationConfig
 from server.evaluation import federated_report, request_local_audits, save_local_audits
 from server.marginal_rounds import ROUNDS, MarginalRounds, run_marginal_rounds
 from server.releases import clear_releases, save_marginals, save_statistics
+from server.run_log import run_log
 from server.schema_round import schema_round
 from server.strategy import MerchantFedAvg
 from synth_models.artifact import load_artifact
@@ -425,14 +426,14 @@ def federated_audit(
 
 
 def make_server_app(overrides: dict | None = None) -> ServerApp:
-    """A ServerApp whose settings are the run config with ``overrides`` on top (simulations
-    started with ``run_simulation`` have an empty run config)."""
+    """A ServerApp whose settings are the run config with ``overrides`` on top."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
-        run_federation(grid, config)
+        with run_log(config.resolve(config.run_dir)):
+            run_federation(grid, config)
 
     return app
 

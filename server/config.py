@@ -13,7 +13,7 @@ from synth_models.warm_start import check_warm_start_share
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Run-config keys the merchants read (client/app.py), not the server.
-CLIENT_KEYS = ("data_dir", "state_dir", "holdout_fraction")
+CLIENT_KEYS = ("data_dir", "state_dir", "holdout_fraction", "torch_threads")
 
 
 @dataclass(frozen=True)

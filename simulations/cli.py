@@ -5,12 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
 from simulations.datasets import DATASETS, Dataset, load_dataset, load_user_dataset
+from simulations.preflight import (
+    EXIT_USAGE,
+    UsageError,
+    check_fit,
+    check_output_folder,
+    check_simulation,
+    condition_value,
+    count_value,
+    delta_value,
+    epsilon_value,
+    holdout_value,
+    seed_value,
+    simulation_delta,
+)
 
 logger = logging.getLogger("fedsynth")
 
@@ -18,9 +31,17 @@ logger = logging.getLogger("fedsynth")
 def _dataset(args: argparse.Namespace) -> Dataset:
     if args.data:
         if not args.metadata:
-            raise SystemExit("--data needs --metadata (an SDV metadata JSON)")
+            raise UsageError(
+                "--data needs --metadata (an SDV metadata JSON; fedsynth metadata drafts one)"
+            )
         return load_user_dataset(args.data, args.metadata, target=args.target)
+    if args.metadata:
+        raise UsageError("--metadata needs --data: the table it describes")
     return load_dataset(args.dataset)
+
+
+def _data_source(args: argparse.Namespace) -> str:
+    return args.data or f"dataset {args.dataset}"
 
 
 def _run_dir(out: str | None, label: str) -> Path:
@@ -46,7 +67,7 @@ def _log_to(run_dir: Path, verbose: bool) -> None:
 
 
 def _epsilon(text: str) -> float:
-    return math.inf if text.lower() in ("inf", "infinity", "none") else float(text)
+    return epsilon_value(text)  # > 0, or inf; NaN, 0 and negatives are refused
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -70,11 +91,16 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="privacy budget per data owner ('inf' disables DP)",
     )
     parser.add_argument(
-        "--delta", type=float, default=None, help="default: a power of ten below 1/(10 n)"
+        "--delta",
+        type=delta_value,
+        default=None,
+        help="in (0, 1); default: a power of ten below 1/(10 n), n the table's rows (simulate: "
+        "all merchants' rows together, below 1/(10 n) of each merchant and the delta fit "
+        "gets on the same table)",
     )
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=count_value, default=10)
+    parser.add_argument("--batch-size", type=count_value, default=500)
+    parser.add_argument("--seed", type=seed_value, default=0)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -84,7 +110,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from synth_models.synthesizer import TabularSynthesizer
     from synth_models.training import TrainingConfig
 
+    check_output_folder(args.out)
     dataset = _dataset(args)
+    check_fit(dataset, source=_data_source(args))
     run_dir = _run_dir(args.out, f"fit-{dataset.name}-{args.model}")
     _log_to(run_dir, args.verbose)
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size)
@@ -149,14 +177,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Federated simulation: merchants train locally with DP-SGD, a Flower server averages."""
     from simulations.runner import SimulationSettings, run_simulation_job
 
+    if args.epochs is not None:
+        raise UsageError("--epochs is fit's: a simulation's merchants train --local-epochs a round")
+    check_output_folder(args.out, resume=args.resume)
     dataset = _dataset(args)
-    run_dir = _run_dir(args.out, f"simulate-{dataset.name}-{args.model}")
-    _log_to(run_dir, args.verbose)
     partition = args.partition or _default_partition(dataset)
     federation = {
         "model": args.model,
         "epsilon": args.epsilon,
-        "delta": args.delta if args.delta is not None else 1e-5,
+        "delta": simulation_delta(dataset, args.delta),
         "num-rounds": args.rounds,
         "local-epochs": args.local_epochs,
         "batch-size": args.batch_size,
@@ -173,6 +202,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         federation=federation,
     )
+    check_simulation(dataset, settings, source=_data_source(args))  # before anything starts
+    run_dir = _run_dir(args.out, f"simulate-{dataset.name}-{args.model}")
+    _log_to(run_dir, args.verbose)
     logger.info(
         "simulating %d merchants (%s) on %s: %s, epsilon=%s, %d rounds x %d local epochs",
         merchants,
@@ -281,6 +313,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     synth = TabularSynthesizer.load(args.artifact)
     conditions = dict(c.split("=", 1) for c in args.condition)
+    unknown = sorted(set(conditions) - set(synth.encoder_.schema.names))
+    if unknown:
+        raise UsageError(
+            f"--condition: no column(s) {unknown} in the synthesizer "
+            f"(columns: {synth.encoder_.schema.names})"
+        )
     for column, value in list(conditions.items()):
         categories = (
             synth.encoder_.transforms[column].categories
@@ -363,15 +401,68 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metadata(args: argparse.Namespace) -> int:
+    """Draft SDV metadata for your own table; values read off its rows stay private proposals."""
+    from synth_models.io import metadata_from_dict, read_table
+    from synth_models.metadata_draft import (
+        PRIVATE_DECLARATIONS_NOTICE,
+        draft_metadata,
+        private_declarations_path,
+    )
+    from synth_models.schema import TableSchema
+
+    data = Path(args.data)
+    out = Path(args.out) if args.out else data.with_name(f"{data.name.split('.')[0]}.metadata.json")
+    private_path = private_declarations_path(out)
+    existing = [str(p) for p in (out, private_path) if p.exists()]
+    if existing and not args.force:
+        raise SystemExit(f"{', '.join(existing)} exist(s): pass --force to overwrite")
+    table = read_table(data)
+    draft = draft_metadata(table, table_name=args.table_name or data.name.split(".")[0])
+    public = [name.strip() for text in args.public for name in text.split(",") if name.strip()]
+    unknown = sorted(set(public) - set(draft.names))
+    if unknown:
+        raise SystemExit(f"--public: no column(s) {unknown} in {data} (columns: {draft.names})")
+    metadata = draft.metadata(public=public)
+    TableSchema.from_metadata(metadata_from_dict(metadata, source=str(out)))  # as simulate reads it
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
+    # Values from the rows: readable by the owner only, like the table itself should be.
+    private_path.touch(mode=0o600, exist_ok=True)
+    private_path.chmod(0o600)  # also when --force rewrites an older file
+    private_path.write_text(
+        json.dumps(draft.private_declarations(public=public, source=str(data)), indent=1) + "\n",
+        encoding="utf-8",
+    )
+    print(f"table {draft.table_name!r}: {len(draft.columns)} columns")
+    print("\n".join(draft.summary(public=public)))
+    print(f"\nmetadata (public, share it): {out}")
+    print(f"proposals (private, keep it): {private_path}\n")
+    print(PRIVATE_DECLARATIONS_NOTICE)
+    print(f"\nnext: check the sdtypes, then fedsynth simulate --data {data} --metadata {out}")
+    print(f"to confirm public columns: fedsynth metadata {data} --out {out} --public A,B --force")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line (argparse prints its usage first), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
+    parser = _Parser(prog="fedsynth", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit a DP synthesizer on one table (a federation of one)")
     _add_data_args(fit)
     _add_model_args(fit)
-    fit.add_argument("--rows", type=int, default=None, help="synthetic rows to write")
+    fit.add_argument("--rows", type=count_value, default=None, help="synthetic rows to write")
     fit.add_argument("--out", help="run folder (default: runs/<time>-fit-...)")
     fit.set_defaults(func=cmd_fit)
 
@@ -379,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(simulate)
     _add_model_args(simulate)
     simulate.set_defaults(epochs=None)
-    simulate.add_argument("--merchants", type=int, default=None, help="default: 5")
+    simulate.add_argument("--merchants", type=count_value, default=None, help="default: 5")
     simulate.add_argument(
         "--partition",
         default=None,
@@ -387,15 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the dataset's natural column, else dirichlet over "
         "its target with alpha 0.5)",
     )
-    simulate.add_argument("--rounds", type=int, default=10)
-    simulate.add_argument("--local-epochs", type=int, default=2)
+    simulate.add_argument("--rounds", type=count_value, default=10)
+    simulate.add_argument("--local-epochs", type=count_value, default=2)
     simulate.add_argument(
         "--holdout",
-        type=float,
+        type=holdout_value,
         default=0.2,
         help="share of each merchant's rows it keeps out of training for its audit",
     )
-    simulate.add_argument("--min-train-replies", type=int, default=1)
+    simulate.add_argument("--min-train-replies", type=count_value, default=1)
     simulate.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in --out"
     )
@@ -419,11 +510,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="sample rows from a saved synthesizer")
     sample.add_argument("artifact")
-    sample.add_argument("--rows", type=int, default=1000)
-    sample.add_argument("--condition", action="append", default=[], metavar="COLUMN=VALUE")
-    sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--rows", type=count_value, default=1000)
+    sample.add_argument(
+        "--condition", type=condition_value, action="append", default=[], metavar="COLUMN=VALUE"
+    )
+    sample.add_argument("--seed", type=seed_value, default=None)
     sample.add_argument("--out")
     sample.set_defaults(func=cmd_sample)
+
+    metadata = sub.add_parser(
+        "metadata",
+        help="draft SDV metadata for your own table (values from its rows stay private proposals)",
+    )
+    metadata.add_argument("data", help="your table (CSV or Parquet)")
+    metadata.add_argument(
+        "--out", help="metadata JSON to write (default: <data>.metadata.json beside the table)"
+    )
+    metadata.add_argument("--table-name", help="default: the file name without extensions")
+    metadata.add_argument(
+        "--public",
+        action="append",
+        default=[],
+        metavar="COLUMN[,COLUMN...]",
+        help="declare these columns' proposed values (range, decimals, categories, missing) "
+        "public: written into the metadata as is, not protected by DP; repeatable",
+    )
+    metadata.add_argument("--force", action="store_true", help="overwrite existing files")
+    metadata.set_defaults(func=cmd_metadata)
 
     verify = sub.add_parser(
         "verify",
@@ -452,9 +565,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A user's mistake (an argument, a file, a table, its metadata, an artifact, a key): one line,
+# exit status 2. Named by module, not imported: an artifact's module imports torch.
+USER_ERRORS = (
+    ("simulations.preflight", "UsageError"),
+    ("synth_models.schema", "DataError"),
+    ("synth_models.artifact", "ArtifactError"),
+    ("privacy.claims", "SigningKeyError"),
+)
+
+
+def _user_error(error: Exception) -> bool:
+    kinds = (getattr(sys.modules.get(module), name, None) for module, name in USER_ERRORS)
+    return any(kind is not None and isinstance(error, kind) for kind in kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # a global flag, also where it is typed after the command
+        argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as error:
+        if args.debug:
+            raise
+        raise _exit(args, error) from None
+    except SystemExit as stop:
+        if args.debug or not isinstance(stop.code, str):
+            raise
+        raise _exit(args, UsageError(stop.code)) from None
+
+
+def _exit(args: argparse.Namespace, error: Exception) -> SystemExit:
+    """Print ``error`` as one line; the SystemExit to raise (its text is the message)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if _user_error(error):
+        print(f"fedsynth {args.command}: error: {message}", file=sys.stderr)
+        code = EXIT_USAGE
+    else:
+        print(
+            f"fedsynth {args.command}: failed: {type(error).__name__}: {message} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        code = 1
+    stop = SystemExit(message)
+    stop.code = code
+    return stop
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from synth_models.booleans import parse_declared_booleans
 from synth_models.io import load_metadata, metadata_from_dict, read_table
 from synth_models.schema import DataError, TableSchema, validate_table
 
@@ -187,8 +188,11 @@ def load_user_dataset(
         "relationships": [],
         "METADATA_SPEC_VERSION": metadata.get("METADATA_SPEC_VERSION", "V2"),
     }
-    table = read_table(data_path)
-    validate_table(table, schema, source=data_source)
+    # Booleans as the merchants will read them (yes/no -> True/False), for the pooled scores.
+    table = parse_declared_booleans(read_table(data_path), schema)
+    # The columns as the merchants read them (declared text codes as text), for the scores.
+    checked = validate_table(table, schema, source=data_source)
+    table = table.assign(**{name: checked[name] for name in checked.columns})
     named = list(table_meta.get("columns", {}))
     table = table[[c for c in named if c in table.columns]].reset_index(drop=True)
     for role, column in (("target", target), ("natural_partition", natural_partition)):

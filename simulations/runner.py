@@ -5,7 +5,9 @@ part into merchants (IID, Dirichlet over a column, or a natural column), each me
 table is written to ``<run>/merchants/`` (standing in for its own premises), and Flower's
 simulation engine runs the same ServerApp and ClientApp as a deployment would. The run
 folder then holds the artifact, per-round metrics, merchants' ledgers, a synthetic sample, the
-audit scores, the resolved configuration and the logs. ``<run>/state/`` stands in for the
+audit scores, the resolved configuration and the logs. The simulation runs the supported way
+(``simulations.engine``): this project's app folder, ``flwr run`` against a local simulation
+SuperLink, exactly the bundle a deployment would run. ``<run>/state/`` stands in for the
 merchants' own storage: their ledgers and their local audit reports
 (``<merchant>-audit/report.html``), which a real merchant never sends.
 """
@@ -19,8 +21,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tomli_w
+
 from client.policy import MerchantPolicy
 from simulations.datasets import Dataset
+from simulations.engine import LocalSimulation, write_app
 from simulations.partition import (
     describe_partitions,
     parse_partition,
@@ -45,13 +50,17 @@ class SimulationSettings:
     federation: dict = field(default_factory=dict)  # run-config overrides (kebab-case keys)
 
 
-def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: Path) -> dict:
-    """Partition, simulate, sample and score; returns the run summary (also in summary.json)."""
-    from flwr.simulation import run_simulation
-
-    from client.app import make_client_app
+def run_simulation_job(
+    dataset: Dataset,
+    settings: SimulationSettings,
+    run_dir: Path,
+    *,
+    engine: LocalSimulation | None = None,
+) -> dict:
+    """Partition, simulate, sample and score; returns the run summary (also in summary.json).
+    ``engine``: a running ``LocalSimulation`` to use (default: one for this run only)."""
     from privacy.audit import quality_scores
-    from server.app import ARTIFACT, make_server_app
+    from server.app import ARTIFACT
     from synth_models.artifact import load_artifact
     from synth_models.synthesizer import TabularSynthesizer
 
@@ -89,22 +98,16 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
         )
     )
     state_dir = run_dir / "state"  # the merchants' premises: ledgers and local audit reports
+    write_simulated_policy(state_dir, simulated_policy(overrides))
+    run_config = {
+        **overrides,
+        "data-dir": str((run_dir / "merchants").resolve()),
+        "state-dir": str(state_dir.resolve()),
+        "torch-threads": 1,
+        "holdout-fraction": settings.holdout,
+    }
     started = time.perf_counter()
-    run_simulation(
-        server_app=make_server_app(overrides),
-        client_app=make_client_app(
-            data_dir=str((run_dir / "merchants").resolve()),
-            state_dir=str(state_dir.resolve()),
-            torch_threads=1,
-            holdout_fraction=settings.holdout,
-            policy=simulated_policy(overrides),
-        ),
-        num_supernodes=len(parts),
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": max(1, min(os.cpu_count() or 1, len(parts)))},
-        },
-    )
+    simulate(run_dir, run_config=run_config, num_supernodes=len(parts), engine=engine)
     seconds = time.perf_counter() - started
     synth = TabularSynthesizer.load(run_dir / ARTIFACT)
     progress = load_artifact(run_dir / ARTIFACT)[0]["federation"]
@@ -138,6 +141,43 @@ def run_simulation_job(dataset: Dataset, settings: SimulationSettings, run_dir: 
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def simulate(
+    run_dir: Path,
+    *,
+    run_config: dict,
+    num_supernodes: int,
+    engine: LocalSimulation | None = None,
+    app: Path | None = None,
+    timeout: float = 24 * 3600.0,
+) -> None:
+    """Run ``app`` (default: this project, copied to ``<run-dir>/app``) on ``engine`` (default:
+    a local simulation SuperLink for this call, its state in ``<run-dir>/flwr``). Flower's
+    stream goes to ``<run-dir>/logs/flwr.log``."""
+    app = app or write_app(run_dir / "app")
+    options = {
+        "run_config": run_config,
+        "num_supernodes": num_supernodes,
+        "num_cpus": max(1, min(os.cpu_count() or 1, num_supernodes)),
+        "timeout": timeout,
+        "log": run_dir / "logs" / "flwr.log",
+    }
+    if engine is not None:
+        engine.run(app, **options)
+        return
+    with LocalSimulation(run_dir / "flwr") as own:
+        own.run(app, **options)
+
+
+def write_simulated_policy(state_dir: Path, policy: MerchantPolicy) -> Path:
+    """The simulated merchants' policy file (``client.app.simulated_policy`` reads it)."""
+    from client.app import SIMULATED_POLICY
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / SIMULATED_POLICY
+    path.write_text(tomli_w.dumps(policy.to_settings()))
+    return path
 
 
 def _existing(path: Path) -> str | None:

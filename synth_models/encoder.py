@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,11 +20,14 @@ import pandas as pd
 from scipy.stats import norm
 
 from privacy.statistics import (
+    OTHER,
     CategoricalInput,
     ColumnStatistics,
     Grid,
     NumericInput,
     TableStatistics,
+    category_key,
+    close_open_domains,
 )
 from synth_models.schema import (
     CATEGORICAL,
@@ -40,6 +44,17 @@ logger = logging.getLogger(__name__)
 # Months from 1970 to 2050: the default, data-independent grid for undeclared datetimes.
 DATETIME_GRID = Grid(kind="uniform", low=0.0, high=2524608000.0, bins=960)
 SPURIOUS_BINS = 0.05  # expected number of pure-noise bins that survive denoising
+# An open categorical column is flagged id-like when this share of its rows is OTHER, or
+# when its name ends like an identifier's ("id", "customer_id", "orderID", "uuid").
+ID_LIKE_OTHER_SHARE = 0.9
+ID_LIKE_NAME = re.compile(r"(?i:(^|[_\-\s.])(id|uuid|guid)$)|[a-z0-9](ID|Id)$|(?i:uuid|guid)")
+# Tails past a numeric histogram's shown stretches (``numeric_shape``): candidate decay rates
+# per bin (from 0.999 to nearly 0), the least height kept, the least reach in bins.
+TAIL_RATES = 1.0 - np.geomspace(1e-3, 1.0, 40)[:-1]
+TAIL_FLOOR = 1e-3
+MIN_TAIL_BINS = 8
+DECIMALS_LEVEL = 0.01  # one-sided level of the decimals test (``_dp_decimals``)
+UNKNOWN_DECIMALS = 2  # decimals of a column whose decimals histogram shows nothing
 # Distance (times n_modes) of an encoded u from its bin's ends: above the float32 resolution
 # of the decoded u, about 6e-8 / n_modes.
 UNIT_MARGIN = 1e-7
@@ -140,23 +155,140 @@ def _denoise(counts: np.ndarray, noise_var: float) -> np.ndarray:
 
 
 def _denoise_multiresolution(counts: np.ndarray, noise_var: float) -> np.ndarray:
-    """Post-processing for a numeric histogram: the finest resolution (merging neighbouring
-    bins in pairs, level by level) at which some bin stands out of the noise. Mass found only
-    at a coarse level is spread evenly over the fine bins it covers, so a small table gets a
-    coarse but sensible distribution instead of a lone noise spike."""
-    levels = max(1, int(np.ceil(np.log2(max(len(counts), 2)))) + 1)
-    level, width = np.asarray(counts, dtype=float), 1
-    while True:
-        cut = np.sqrt(noise_var * width) * norm.isf(SPURIOUS_BINS / (len(level) * levels))
-        kept = np.where(level > cut, level, 0.0)
-        if kept.sum() > 0 or len(level) == 1:
-            break
-        if len(level) % 2:
-            level = np.append(level, 0.0)
-        level, width = level[0::2] + level[1::2], width * 2
-    if kept.sum() <= 0:
-        kept = np.ones_like(kept)
-    return np.repeat(kept / width, width)[: len(counts)]
+    """Post-processing for a numeric histogram (its masses; see :func:`numeric_shape`)."""
+    return numeric_shape(counts, noise_var).masses
+
+
+@dataclass(frozen=True)
+class NumericShape:
+    """Denoised masses of a numeric histogram's bins; ``described``: False when no stretch of
+    bins stood out of the noise (or no value was counted) and the masses are a coarse guess."""
+
+    masses: np.ndarray
+    described: bool
+
+
+def numeric_shape(
+    counts: np.ndarray, noise_var: float, *, total: float | None = None
+) -> NumericShape:
+    """Post-processing of a noisy numeric histogram into bin masses that keep its range and
+    shape. The bins are split into stretches of constant height (least squares with a penalty
+    per stretch: a stretch is only split off where the noise cannot explain it), so a wide,
+    light region (a heavy tail) is found at the resolution its total mass allows and a spike at
+    a single bin; a stretch is kept when its total stands out of its noise (at most about
+    ``SPURIOUS_BINS`` noise-only stretches per histogram), so hundreds of empty bins add no
+    noise mass. Past the outermost kept stretches the tails go on, geometrically decaying from
+    their height at the rate the neighbouring noisy counts fit best (least squares): a tail
+    too light for any stretch to stand out is thinned, not cut off. When nothing stands out,
+    ``described`` is False and one window of bins gets all the mass: the one that best fits
+    ``total`` rows (a DP estimate of the values counted) by least squares, or without it the
+    one whose count stands out most."""
+    counts = np.asarray(counts, dtype=float)
+    if len(counts) == 0:
+        return NumericShape(counts.copy(), False)
+    if noise_var <= 0:  # exact counts
+        kept = np.clip(counts, 0.0, None)
+        if kept.sum() > 0:
+            return NumericShape(kept, True)
+        return NumericShape(np.ones_like(counts), False)
+    std = math.sqrt(noise_var)
+    n = len(counts)
+    # A stretch is an interval of bins chosen from the data: the first must stand out among
+    # all n (n + 1) / 2 intervals; between two such, one among the n bins' worth is enough.
+    outer_cut = norm.isf(SPURIOUS_BINS / (n * (n + 1) / 2))
+    inner_cut = norm.isf(SPURIOUS_BINS / n)
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    stretches = [
+        (start, end, (cumulative[end] - cumulative[start]) / (end - start))
+        for start, end in _constant_stretches(counts, noise_var)
+    ]
+    strength = [mean * math.sqrt(end - start) / std for start, end, mean in stretches]
+    strong = [i for i, z in enumerate(strength) if z > outer_cut]
+    masses = np.zeros_like(counts)
+    if not strong:
+        start, end = _strongest_window(counts, std, total=total)
+        masses[start:end] = 1.0
+        return NumericShape(masses, False)
+    for i in range(strong[0], strong[-1] + 1):
+        start, end, mean = stretches[i]
+        if strength[i] > inner_cut:
+            masses[start:end] = mean
+    first, last = stretches[strong[0]][0], stretches[strong[-1]][1]
+    # A tail reaches at most as far again as the unbroken run of mass it continues: a spike
+    # far from the rest (zeros in a column of amounts) must not send noise decades away.
+    gaps = np.flatnonzero(masses[first:last] <= 0) + first
+    right_run = last - (gaps[-1] + 1 if len(gaps) else first)
+    left_run = (gaps[0] if len(gaps) else last) - first
+    right = _geometric_tail(counts[last:], masses[last - 1], max(right_run, MIN_TAIL_BINS))
+    masses[last : last + len(right)] = right
+    left = _geometric_tail(counts[:first][::-1], masses[first], max(left_run, MIN_TAIL_BINS))
+    masses[first - len(left) : first] = left[::-1]
+    return NumericShape(masses, True)
+
+
+def _constant_stretches(counts: np.ndarray, noise_var: float) -> list[tuple[int, int]]:
+    """Optimal partition of the bins into stretches ``[start, end)``, each fitted by its mean:
+    least squares plus ``2 noise_var log(bins)`` per stretch (BIC with known noise), by
+    dynamic programming over every split (quadratic in the bins: 0.1 s for 4096)."""
+    n = len(counts)
+    penalty = 2.0 * noise_var * math.log(max(n, 2))
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    best = np.zeros(n + 1)
+    best[0] = -penalty
+    previous = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        starts = np.arange(end)
+        # Squared error of a stretch is sum(y^2) - total^2 / length; sum(y^2) is the same for
+        # every partition, so only the second term and the penalty count.
+        cost = best[:end] - (cumulative[end] - cumulative[:end]) ** 2 / (end - starts) + penalty
+        previous[end] = int(np.argmin(cost))
+        best[end] = cost[previous[end]]
+    stretches, end = [], n
+    while end > 0:
+        stretches.append((int(previous[end]), end))
+        end = int(previous[end])
+    return stretches[::-1]
+
+
+def _geometric_tail(outward: np.ndarray, height: float, reach: int) -> np.ndarray:
+    """Masses of the bins past a shown edge of height ``height`` (``outward``: their noisy
+    counts, nearest first): ``height * rate**k``, the rate that fits them best by least squares
+    (no tail when none fits better than nothing), stopped at ``reach`` bins or a thousandth of
+    the height."""
+    if height <= 0 or len(outward) == 0:
+        return np.zeros(0)
+    steps = np.arange(1, min(reach, len(outward)) + 1)
+    best, best_gain = np.zeros(0), 0.0
+    for rate in TAIL_RATES:
+        tail = height * rate**steps
+        tail = tail[tail >= TAIL_FLOOR * height]
+        gain = float(np.sum(2.0 * outward[: len(tail)] * tail - tail**2))
+        if gain > best_gain:
+            best, best_gain = tail, gain
+    return best
+
+
+def _strongest_window(
+    counts: np.ndarray, std: float, *, total: float | None = None
+) -> tuple[int, int]:
+    """``[start, end)`` of the window of 2**k bins that best explains the counts: with
+    ``total`` (rows in all), the window whose even spread of them fits best (least squares),
+    otherwise the one whose count stands out most from its noise (the whole grid when no
+    window's count is positive)."""
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    best, window, width = 0.0, (0, len(counts)), 1
+    while width <= len(counts):
+        sums = cumulative[width:] - cumulative[:-width]
+        if total is not None and total > 0:
+            # Squared error saved by spreading ``total`` evenly over the window.
+            scores = (2.0 * sums * total - total**2) / width
+        else:
+            scores = sums / (std * math.sqrt(width))
+        i = int(np.argmax(scores))
+        if scores[i] > best:
+            best, window = float(scores[i]), (i, i + width)
+        width *= 2
+    return window
 
 
 def _has_missing(spec: ColumnSpec, stats: ColumnStatistics) -> bool:
@@ -166,45 +298,116 @@ def _has_missing(spec: ColumnSpec, stats: ColumnStatistics) -> bool:
 
 
 class CategoricalTransform:
+    """One-hot categories. A declared domain is used as declared. An open (undeclared) domain
+    holds the labels the DP statistics found, then ``OTHER`` (``other``): every value outside
+    the found labels is encoded as ``OTHER``, and synthetic rows may hold the string
+    ``"(other)"`` (the column is then of object dtype, whatever its labels' type)."""
+
     def __init__(
-        self, spec: ColumnSpec, categories: list, frequencies: np.ndarray, has_missing: bool
+        self,
+        spec: ColumnSpec,
+        categories: list,
+        frequencies: np.ndarray,
+        has_missing: bool,
+        *,
+        other: bool = False,
+        id_like: bool = False,
     ) -> None:
+        if other and (not categories or category_key(categories[-1]) != category_key(OTHER)):
+            raise ValueError(f"column {spec.name!r}: an open domain ends with {OTHER!r}")
         self.spec = spec
         self.categories = categories
         self.frequencies = frequencies  # DP, normalized, aligned with categories
         self.has_missing = has_missing
-        self._index = {c: i for i, c in enumerate(categories)}
-        self._typed = _typed_array(categories)
+        self.other = other  # the last category is OTHER, the slot of every unknown value
+        self.id_like = id_like  # flagged: most rows are OTHER, or the name says identifier
+        self._index = {category_key(c): i for i, c in enumerate(categories)}
+        self._labels = categories[:-1] if other else categories  # the found labels
+        self._typed = _typed_array(self._labels)
 
     @property
     def width(self) -> int:
         return len(self.categories) + int(self.has_missing)
 
+    @property
+    def other_share(self) -> float:
+        """DP share of ``OTHER`` among present values (0 for a declared domain)."""
+        return float(self.frequencies[-1]) if self.other else 0.0
+
     @classmethod
-    def from_statistics(cls, spec: ColumnSpec, stats: ColumnStatistics) -> CategoricalTransform:
+    def from_statistics(
+        cls, spec: ColumnSpec, stats: ColumnStatistics, *, row_count_var: float = 0.0
+    ) -> CategoricalTransform:
+        """From a declared domain's counts, or an open domain closed by
+        ``privacy.statistics.close_open_domains`` (its last category ``OTHER``, whose count
+        has the noise of the row count, ``row_count_var``, and of the missing and kept counts).
+        Never fails for lack of categories: a column where nothing was found is all ``OTHER``."""
+        has_missing = _has_missing(spec, stats)
         if spec.categories is not None:
             categories = list(spec.categories)
             counts = np.clip(stats.counts, 0.0, None)
-        else:
-            counts = _denoise(stats.counts, stats.noise_var)
-            keep = counts > 0
-            categories = [c for c, k in zip(stats.categories, keep, strict=True) if k]
-            counts = counts[keep]
-        if not categories:
-            raise DataError(
-                "no category passed the DP threshold: declare range_values in the "
-                "metadata or collect more rows",
-                column=spec.name,
+            frequencies = (
+                counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
             )
-        frequencies = (
-            counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
+            return cls(spec, categories, frequencies, has_missing)
+        if not stats.categories or category_key(stats.categories[-1]) != category_key(OTHER):
+            raise ValueError(
+                f"column {spec.name!r}: an open domain must be closed first "
+                "(privacy.statistics.close_open_domains)"
+            )
+        labels = list(stats.categories[:-1])
+        counts = np.clip(np.asarray(stats.counts[:-1], dtype=float), 0.0, None)
+        other_var = row_count_var + stats.noise_var * (1 + len(labels))
+        other = float(stats.counts[-1])
+        # A remainder within the noise of the counts it is derived from is taken as empty.
+        other = other if other > math.sqrt(other_var) * norm.isf(SPURIOUS_BINS) else 0.0
+        masses = np.append(counts, other)
+        if masses.sum() <= 0:
+            masses[-1] = 1.0  # nothing found, nothing shown: all OTHER
+        frequencies = masses / masses.sum()
+        # Nothing found says as much about the rows per merchant as about the column: only a
+        # column with found values and still mostly OTHER is id-like by its shares.
+        id_like = bool(ID_LIKE_NAME.search(spec.name)) or (
+            bool(labels) and frequencies[-1] >= ID_LIKE_OTHER_SHARE
         )
-        return cls(spec, categories, frequencies, _has_missing(spec, stats))
+        transform = cls(
+            spec, [*labels, OTHER], frequencies, has_missing, other=True, id_like=id_like
+        )
+        if transform.note:
+            logger.warning("%s", transform.note)
+        return transform
+
+    @property
+    def note(self) -> str | None:
+        """What the run log and report should say about this column (None: nothing)."""
+        if not self.other:
+            return None
+        name, notes = self.spec.name, []
+        if not self._labels:
+            notes.append(
+                f"column {name!r}: no value is frequent enough at any merchant to be found "
+                f"under DP (too few rows per merchant, or identifier-like values); every "
+                f"synthetic value is {OTHER!r}. Declare range_values in the metadata, sdtype "
+                "'id' for an identifier, or give the statistics more rows or budget."
+            )
+        if self.id_like:
+            notes.append(
+                f"column {name!r} looks like an identifier ({self.other_share:.0%} of its rows "
+                f"are {OTHER!r}, rarer than DP discovery can see, or its name says so): "
+                f"modelled as {len(self._labels)} found value(s) and {OTHER!r}; declare "
+                "sdtype 'id' in the metadata to leave it out"
+            )
+        return " ".join(notes) or None
 
     def codes(self, values: pd.Series) -> np.ndarray:
-        """Index of each value's slot; -1 for a category outside the domain."""
+        """Index of each value's slot: an open domain's unknown values go to ``OTHER``, a
+        declared domain's to -1 (validation has refused them already)."""
         missing_code = len(self.categories) if self.has_missing else -1
-        mapped = values.map(lambda v: self._index.get(_plain(v), -1) if pd.notna(v) else -2)
+        unknown = len(self.categories) - 1 if self.other else -1
+        index = self._index
+        mapped = values.map(
+            lambda v: index.get(category_key(_plain(v)), unknown) if pd.notna(v) else -2
+        )
         codes = mapped.to_numpy(dtype=np.int64)
         codes[codes == -2] = missing_code
         return codes
@@ -218,10 +421,16 @@ class CategoricalTransform:
 
     def decode(self, block: np.ndarray) -> pd.Series:
         codes = block.argmax(axis=1)
+        found = len(self._labels)
         missing = codes >= len(self.categories)
-        values = pd.Series(
-            self._typed[np.minimum(codes, len(self.categories) - 1)], name=self.spec.name
-        )
+        other = ~missing & (codes >= found)
+        if found:
+            values = pd.Series(self._typed[np.minimum(codes, found - 1)], name=self.spec.name)
+        else:
+            values = pd.Series(np.full(len(codes), OTHER, dtype=object), name=self.spec.name)
+        if other.any():  # the labels' own dtype only while no OTHER is drawn
+            values = values.astype(object)
+            values[other] = OTHER
         if missing.any():
             values = values.astype({"b": "boolean", "i": "Int64"}.get(values.dtype.kind, object))
             values[missing] = None
@@ -232,11 +441,20 @@ class CategoricalTransform:
             "categories": self.categories,
             "frequencies": self.frequencies.tolist(),
             "has_missing": self.has_missing,
+            **({"other": True} if self.other else {}),
+            **({"id_like": True} if self.id_like else {}),
         }
 
     @classmethod
     def from_dict(cls, spec: ColumnSpec, d: dict) -> CategoricalTransform:
-        return cls(spec, list(d["categories"]), np.asarray(d["frequencies"]), d["has_missing"])
+        return cls(
+            spec,
+            list(d["categories"]),
+            np.asarray(d["frequencies"]),
+            d["has_missing"],
+            other=bool(d.get("other", False)),
+            id_like=bool(d.get("id_like", False)),
+        )
 
 
 class QuantileTransform:
@@ -268,6 +486,8 @@ class QuantileTransform:
         self.n_modes = n_modes
         self.has_missing = has_missing
         self.atoms = _bin_atoms(lows, highs, decimals)
+        # Set when the DP histogram could not describe the column (``undescribed_note``).
+        self.note: str | None = None
         # A saturated generator output (u exactly 0 or 1) decodes into the outermost bins the
         # DP histogram showed, never into a declared bound kept only with END_ATOM_MASS.
         shown = np.flatnonzero(self.masses > 1.5 * END_ATOM_MASS)
@@ -285,7 +505,10 @@ class QuantileTransform:
     def from_statistics(
         cls, spec: ColumnSpec, stats: ColumnStatistics, n_modes: int
     ) -> QuantileTransform:
-        masses = _denoise_multiresolution(stats.counts, stats.noise_var)
+        # The decimals histogram counts every present value once: a DP total for the fallback.
+        present = None if stats.decimals is None else float(np.clip(stats.decimals, 0, None).sum())
+        shape = numeric_shape(stats.counts, stats.noise_var, total=present)
+        masses = shape.masses
         if atom_range(spec) is not None and stats.grid == grid_for(spec):
             # The declared bounds are public values of the column's lattice: they stay in the
             # domain, with END_ATOM_MASS when the noisy histogram does not show them.
@@ -298,7 +521,7 @@ class QuantileTransform:
         decimals = spec.decimals
         if decimals is None:
             decimals = 0 if spec.kind == DATETIME else _dp_decimals(stats)
-        return cls(
+        transform = cls(
             spec,
             lows[keep],
             highs[keep],
@@ -307,6 +530,10 @@ class QuantileTransform:
             n_modes,
             _has_missing(spec, stats),
         )
+        if not shape.described:
+            transform.note = undescribed_note(spec.name, transform.lows[0], transform.highs[-1])
+            logger.warning("%s", transform.note)
+        return transform
 
     def to_unit(self, x: np.ndarray) -> np.ndarray:
         """CDF: value -> u in [0, 1] (values in suppressed bins go to the nearest mass)."""
@@ -388,6 +615,8 @@ class QuantileTransform:
                 unit = _format_resolution(self.spec.datetime_format)
                 if unit is not None:
                     stamps = stamps.dt.round(unit)
+                if "%z" in self.spec.datetime_format or "%Z" in self.spec.datetime_format:
+                    stamps = stamps.dt.tz_localize("UTC")  # decoded instants are UTC: "+0000"
                 return stamps.dt.strftime(self.spec.datetime_format).where(~missing, None)
             return stamps
         if self.decimals == 0:
@@ -407,11 +636,12 @@ class QuantileTransform:
             "n_modes": self.n_modes,
             "has_missing": self.has_missing,
             **({"value_modes": True} if self.value_modes else {}),
+            **({"note": self.note} if self.note else {}),
         }
 
     @classmethod
     def from_dict(cls, spec: ColumnSpec, d: dict) -> QuantileTransform:
-        return cls(
+        transform = cls(
             spec,
             np.asarray(d["lows"]),
             np.asarray(d["highs"]),
@@ -421,6 +651,9 @@ class QuantileTransform:
             bool(d["has_missing"]),
             value_modes=bool(d.get("value_modes", False)),
         )
+        note = d.get("note")
+        transform.note = str(note) if note else None
+        return transform
 
 
 def _format_resolution(fmt: str) -> str | None:
@@ -448,11 +681,34 @@ def _bin_atoms(lows: np.ndarray, highs: np.ndarray, decimals: int) -> np.ndarray
 
 
 def _dp_decimals(stats: ColumnStatistics, coverage: float = 0.95) -> int:
-    counts = np.clip(stats.decimals, 0.0, None)
-    if counts.sum() <= 0:
-        return 2
-    share = np.cumsum(counts) / counts.sum()
-    return int(np.argmax(share >= coverage))
+    """Fewest decimals that represent ``coverage`` of the values, from the noisy decimals
+    histogram: the first ``d`` whose rows needing more decimals are not significantly more
+    than ``1 - coverage`` of all (a one-sided test at ``DECIMALS_LEVEL`` against the noise of
+    that tail). A cumulative share of raw noisy counts instead lets the noise of six empty
+    bins pass for decimals: integer columns came out with four. No significant count at all
+    (too few rows for the noise) gives ``UNKNOWN_DECIMALS``."""
+    counts = np.asarray(stats.decimals, dtype=float)
+    std = math.sqrt(max(stats.noise_var, 0.0))
+    present = float(np.clip(counts, 0.0, None).sum())
+    z = norm.isf(DECIMALS_LEVEL)
+    if present <= z * std * math.sqrt(len(counts)):
+        return UNKNOWN_DECIMALS
+    for decimals in range(len(counts)):
+        more = counts[decimals + 1 :]
+        if more.sum() <= (1.0 - coverage) * present + z * std * math.sqrt(len(more)):
+            return decimals
+    return len(counts) - 1
+
+
+def undescribed_note(name: str, low: float, high: float) -> str:
+    """What the run log and the report say about a numeric column whose DP histogram showed
+    nothing above the noise."""
+    return (
+        f"column {name!r}: the DP statistics cannot describe its values (no bin stands out of "
+        f"the noise); its synthetic values are a coarse guess in [{low:.6g}, {high:.6g}]. "
+        "Declare range_min/range_max (and decimal_places) in the metadata, or give the "
+        "statistics more rows or budget."
+    )
 
 
 class TableEncoder:
@@ -483,15 +739,23 @@ class TableEncoder:
         cls, schema: TableSchema, stats: TableStatistics, *, n_modes: int = 8
     ) -> TableEncoder:
         transforms: dict[str, CategoricalTransform | QuantileTransform] = {}
+        stats = close_open_domains(stats)  # open domains: found labels, then OTHER
         for spec in schema.columns:
             column_stats = stats.columns[spec.name]
             if spec.kind == CATEGORICAL:
-                transforms[spec.name] = CategoricalTransform.from_statistics(spec, column_stats)
+                transforms[spec.name] = CategoricalTransform.from_statistics(
+                    spec, column_stats, row_count_var=stats.row_count_var
+                )
             else:
                 transforms[spec.name] = QuantileTransform.from_statistics(
                     spec, column_stats, n_modes
                 )
         return cls(schema, transforms)
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """What the DP statistics could not describe, by column (for the run log and report)."""
+        return {name: t.note for name, t in self.transforms.items() if getattr(t, "note", None)}
 
     @property
     def categorical_columns(self) -> list[str]:
@@ -501,8 +765,9 @@ class TableEncoder:
         return next(s.start for s in self.spans if s.column == name)
 
     def transform(self, data: pd.DataFrame, *, source: str | None = None) -> np.ndarray:
-        """Encode rows. Rows holding a category that the DP domain does not know (rare
-        categories suppressed by the threshold) are left out, since no slot can hold them."""
+        """Encode rows. A value an open categorical domain does not know (a label too rare
+        for DP discovery) is encoded as ``OTHER``; rows that no slot can hold (a missing value
+        without a missing slot) are left out."""
         blocks, keep = [], np.ones(len(data), dtype=bool)
         for name, t in self.transforms.items():
             spec = self.schema[name]
@@ -594,4 +859,5 @@ def with_value_modes(encoder: TableEncoder, *, max_modes: int = MAX_VALUE_MODES)
                 t.spec, t.lows, t.highs, t.masses, t.decimals, len(t.lows), t.has_missing,
                 value_modes=True,
             )  # fmt: skip
+            transforms[name].note = t.note
     return TableEncoder(encoder.schema, transforms)

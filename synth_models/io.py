@@ -121,18 +121,36 @@ def _read_csv(path: Path, source: str, *, compressed: bool) -> pd.DataFrame:
     except OSError as error:
         raise DataError(f"the file cannot be read ({error})", source=source) from error
     _check_header(header.iloc[0].tolist(), source)
-    return table
+    return _keep_leading_zeros(table, path, options)
 
 
-def _check_header(names: list[str], source: str) -> None:
+def _keep_leading_zeros(table: pd.DataFrame, path: Path, options: dict) -> pd.DataFrame:
+    """Whole numbers written with leading zeros ("00425") are codes, such as postcodes: read
+    as text, which keeps their zeros (a numeric column still parses its text as numbers)."""
+    numbers = [c for c in table.columns if pd.api.types.is_integer_dtype(table[c])]
+    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
+    if not numbers and not floats:
+        return table
+    text = pd.read_csv(path, index_col=False, dtype=str, usecols=numbers + floats, **options)
+    coded = [c for c in text.columns if text[c].str.fullmatch(r"0\d+", na=False).any()]
+    return table.assign(**{c: text[c].astype(object) for c in coded}) if coded else table
+
+
+def _check_header(names: list[str], source: str, *, where: str = "the header") -> None:
     """pandas renames duplicate columns ("a", "a.1") and names empty ones "Unnamed: i"."""
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise DataError(f"duplicate column name(s) in the header: {duplicated}", source=source)
+        raise DataError(
+            f"duplicate column name(s) in {where}: {duplicated}; rename them so that each "
+            "column has its own name",
+            source=source,
+            column=str(duplicated[0]),
+        )
     empty = [i for i, n in enumerate(names) if n.strip() == ""]
     if empty:
         raise DataError(
-            f"the header has {len(empty)} unnamed column(s) (position(s) {empty})", source=source
+            f"{where} has {len(empty)} unnamed column(s) (position(s) {empty}); name them",
+            source=source,
         )
 
 
@@ -161,7 +179,17 @@ def _not_utf8(path: Path, compressed: bool) -> str:
 
 def _read_parquet(path: Path, source: str) -> pd.DataFrame:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    try:
+        # The footer alone: pyarrow's own error for duplicate names ("Multiple matches for
+        # FieldRef") would otherwise read as a corrupt file.
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError, EOFError) as error:
+        raise DataError(
+            f"not a valid Parquet file: truncated or corrupt ({error})", source=source
+        ) from error
+    _check_header(names, source, where="the Parquet file's columns")
     try:
         return pd.read_parquet(path, engine="pyarrow")
     except (pa.ArrowException, OSError, ValueError, EOFError) as error:

@@ -99,9 +99,10 @@ def discretize(
     *,
     source: str | None = None,
 ) -> np.ndarray:
-    """Integer codes (rows x columns) of a validated table. Rows that the encoder cannot hold
-    (a category outside the DP domain, a missing value without a missing slot) are left out,
-    as the encoder leaves them out of the other models' training."""
+    """Integer codes (rows x columns) of a validated table. A value outside an open (DP-found)
+    categorical domain counts as that column's ``OTHER`` value, so every merchant's rows count
+    on the server's domains; rows that the encoder cannot hold (a missing value without a
+    missing slot) are left out, as the encoder leaves them out of the other models' training."""
     codes = np.zeros((len(data), len(domains)), dtype=np.int64)
     keep = np.ones(len(data), dtype=bool)
     for j, domain in enumerate(domains):

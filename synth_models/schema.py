@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
+
+from synth_models.booleans import parse_declared_booleans
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +216,12 @@ def datetime_seconds(
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
-        parsed = pd.to_datetime(values, format=column.datetime_format, errors="coerce")
+        # utc=True: one column may hold several UTC offsets (summer time), as instants.
+        parsed = pd.to_datetime(values, format=column.datetime_format, errors="coerce", utc=True)
         bad = parsed.isna() & values.notna()
         if bad.any():
-            example = values[bad].iloc[0]
             raise DataError(
-                f"{int(bad.sum())} value(s) are not datetimes in format "
-                f"{column.datetime_format!r} (e.g. {example!r})",
+                _unparsed_datetimes(values, bad, column.datetime_format),
                 source=source,
                 column=column.name,
             )
@@ -228,6 +230,30 @@ def datetime_seconds(
     seconds = parsed.astype("datetime64[ns]").to_numpy().astype("int64").astype(float) / 1e9
     seconds[parsed.isna().to_numpy()] = np.nan
     return seconds
+
+
+def _unparsed_datetimes(values: pd.Series, bad: pd.Series, declared: str | None) -> str:
+    """What is wrong with values that ``pd.to_datetime`` could not read. Without a declared
+    format pandas takes the format of the column's first value for every value: name it."""
+    example = values[bad].iloc[0]
+    if declared is not None:
+        return (
+            f"{int(bad.sum())} value(s) are not datetimes in format {declared!r} "
+            f"(e.g. {example!r}); write them in that format, or declare the format they are in"
+        )
+    present = np.flatnonzero(values.notna().to_numpy())
+    first = values.iloc[present[0]]
+    inferred = guess_datetime_format(first) if isinstance(first, str) else None
+    if inferred is None or bool(bad.iloc[present[0]]):
+        return (
+            f"{int(bad.sum())} value(s) are not datetimes (e.g. {example!r}); fix them, or "
+            "declare the column's datetime_format in the metadata"
+        )
+    return (
+        f"mixed datetime formats: {int(bad.sum())} value(s) (e.g. {example!r}) are not in the "
+        f"format {inferred!r} of the column's first value {first!r}; write every value in one "
+        "format, or declare datetime_format in the metadata"
+    )
 
 
 def numeric_values(values: pd.Series, column: ColumnSpec, source: str | None = None) -> np.ndarray:
@@ -274,7 +300,8 @@ def validate_table(
     missing = [name for name in schema.names if name not in data.columns]
     if missing:
         raise DataError(
-            f"missing column(s) {missing}; the metadata expects {schema.names}",
+            f"missing column(s) {missing}; the metadata expects {schema.names}: add them to "
+            "the table, or remove them from the metadata",
             source=source,
             column=missing[0],
         )
@@ -287,13 +314,16 @@ def validate_table(
             source=source,
             column=str(unknown[0]),
         )
+    # Booleans spelled yes/no, Y/N, on/off, 1/0, ... are read as True/False.
+    data = parse_declared_booleans(data, schema)
     for column in schema.columns:
         values = data[column.name]
         if values.isna().all():
             raise DataError("every value is missing", source=source, column=column.name)
         if column.nullable is False and values.isna().any():
             raise DataError(
-                f"{int(values.isna().sum())} missing value(s) in a column declared not nullable",
+                f"{int(values.isna().sum())} missing value(s) in a column declared not nullable "
+                "(range_is_nullable: false); fill them, or declare range_is_nullable: true",
                 source=source,
                 column=column.name,
             )
@@ -303,15 +333,29 @@ def validate_table(
         elif column.kind == DATETIME:
             _check_declared(datetime_seconds(values, column, source), column, source)
         elif column.categories is not None:
+            values = _as_declared_text(values, column.categories)
+            if values is not data[column.name]:
+                data = data.assign(**{column.name: values})
             allowed = set(column.categories)
             unseen = [v for v in values.dropna().unique() if _plain(v) not in allowed]
             if unseen:
                 raise DataError(
-                    f"{len(unseen)} value(s) outside the declared categories, e.g. {unseen[0]!r}",
+                    f"{len(unseen)} value(s) outside the declared categories, e.g. "
+                    f"{_plain(unseen[0])!r}; fix them, or add them to range_values in the "
+                    "metadata",
                     source=source,
                     column=column.name,
                 )
     return data[schema.names]
+
+
+def _as_declared_text(values: pd.Series, categories: tuple) -> pd.Series:
+    """A column of numbers whose declared categories are all text (codes "1", "2", ... that
+    the file reader took for numbers), as that text; any other column as it is."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if not numeric or not categories or not all(isinstance(c, str) for c in categories):
+        return values
+    return values.map(lambda v: str(_plain(v)), na_action="ignore").astype(object)
 
 
 def _check_declared(array: np.ndarray, column: ColumnSpec, source: str | None) -> None:

@@ -25,7 +25,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from privacy.statistics import ColumnStatistics, TableStatistics
+from privacy.statistics import (
+    ColumnStatistics,
+    TableStatistics,
+    category_key,
+    close_open_domains,
+)
 
 DP_LABEL = (
     "computed against a noisy DP release already in the merchants' ledgers "
@@ -94,9 +99,11 @@ def _column_cells(
     """Both columns' counts on the release's cells (a category the release does not hold is a
     cell of its own, released count 0), missing values last."""
     if released.kind == "categorical":
-        noisy = dict(zip(released.categories, released.counts, strict=True))
-        counts = dict(zip(synthetic.categories or [], synthetic.counts, strict=True))
-        cells = [*noisy, *(c for c in counts if c not in noisy)]
+        keys = map(category_key, released.categories)
+        noisy = dict(zip(keys, released.counts, strict=True))
+        keys = map(category_key, synthetic.categories or [])
+        counts = dict(zip(keys, synthetic.counts, strict=True))
+        cells = [*noisy, *(c for c in counts if c not in noisy and counts[c] > 0)]
         left = [noisy.get(c, 0.0) for c in cells]
         right = [counts.get(c, 0.0) for c in cells]
     else:
@@ -109,7 +116,9 @@ def _column_cells(
 def column_fidelity(release: TableStatistics, synthetic: TableStatistics) -> dict:
     """Per column, ``1 - TV`` of the synthetic sample's exact statistics (``synthetic``: the
     same statistics computed without noise on the synthetic rows) against the DP statistics
-    ``release`` (categories or grid bins, and the missing bin)."""
+    ``release`` (categories or grid bins, and the missing bin). An open domain is closed first,
+    as the encoder closes it (post-processing): its found labels and ``OTHER``."""
+    release = close_open_domains(release)
     scores = {}
     for name, released in release.columns.items():
         if name not in synthetic.columns:

@@ -27,13 +27,10 @@ own SuperExec) has no such check and says so.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,24 +40,23 @@ from pathlib import Path
 
 import tomli_w
 
+from simulations.deploy.processes import (
+    BIN,
+    HOST,
+    DeploymentError,
+    ProcessGroup,
+    flower_env,
+    free_port,
+    run_status,
+    signal_group,
+    wait_for_port,
+    wait_groups_gone,
+)
+
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
 CONNECTION = "fedsynth-local"
-_BIN = Path(sys.executable).parent
-_FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    # Each ClientApp runs in its own process next to the others: one torch thread each.
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
-
-
-class DeploymentError(RuntimeError):
-    """The local deployment did not start or the run did not finish."""
 
 
 @dataclass
@@ -89,116 +85,6 @@ class DeploymentResult:
     pids: list[int] = field(default_factory=list)  # process-group leaders started (all stopped)
 
 
-# --- processes -------------------------------------------------------------------------------
-
-
-class ProcessGroup:
-    """Subprocesses, each the leader of its own process group; ``stop`` ends every group."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.started: list[int] = []
-
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self.procs[name] = proc
-        self.started.append(proc.pid)
-        logger.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
-        return proc
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every group, wait up to ``grace`` seconds, then SIGKILL what is left."""
-        for name, proc in reversed(self.procs.items()):
-            _signal_group(proc, signal.SIGTERM, name)
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for name, proc in self.procs.items():
-            # Also the group: a ClientApp/ServerApp child may outlive its parent.
-            _signal_group(proc, signal.SIGKILL, name, quiet=True)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        left = _wait_groups_gone([p.pid for p in self.procs.values()], timeout=10.0)
-        if left:
-            logger.error("process groups still alive after SIGKILL: %s", left)
-        self.procs.clear()
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise DeploymentError(
-                    f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log"
-                )
-
-
-def _signal_group(proc: subprocess.Popen, sig: int, name: str, quiet: bool = False) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # pgid == pid: start_new_session=True
-    except (ProcessLookupError, PermissionError):
-        return
-    if not quiet:
-        logger.debug("sent %s to %s (pgid %d)", signal.Signals(sig).name, name, proc.pid)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process (a not-yet-reaped zombie included) is in group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _wait_groups_gone(pgids: list[int], timeout: float) -> list[int]:
-    """Killed grandchildren linger until init reaps them; returns the groups still there."""
-    deadline = time.monotonic() + timeout
-    left = [g for g in pgids if group_alive(g)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = [g for g in left if group_alive(g)]
-    return left
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, processes: ProcessGroup) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        processes.check_alive()
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.2)
-    raise DeploymentError(f"nothing listens on {HOST}:{port} after {timeout:.0f} s")
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    env = {**os.environ, **_FLOWER_ENV, "FLWR_HOME": str(flwr_home)}
-    env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -217,7 +103,7 @@ def superlink_command(
 ) -> list[str]:
     """One HTTP port serves the Fleet, Control and Runtime APIs (Flower 1.41)."""
     return [
-        str(_BIN / "flower-superlink"),
+        str(BIN / "flower-superlink"),
         *_security_flags(tls),
         "--host", HOST,
         "--port", str(port),
@@ -248,7 +134,7 @@ def supernode_command(
     if warm:
         security += ["--isolation", "process"]
     return [
-        str(_BIN / "flower-supernode"),
+        str(BIN / "flower-supernode"),
         *security,
         "--superlink", f"{HOST}:{superlink_port}",
         "--host", HOST,
@@ -391,7 +277,7 @@ class LocalFederation:
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """A ``flwr`` CLI command against this federation's SuperLink."""
         return subprocess.run(
-            [str(_BIN / "flwr"), *args],
+            [str(BIN / "flwr"), *args],
             cwd=PROJECT_ROOT,
             env=self.processes.env,
             capture_output=True,
@@ -486,9 +372,9 @@ class LocalFederation:
             proc = self.processes.procs.pop(name, None)
             if proc is None:
                 continue
-            _signal_group(proc, signal.SIGKILL, name)
+            signal_group(proc, signal.SIGKILL, name)
             proc.wait(timeout=10)
-            _wait_groups_gone([proc.pid], timeout=10.0)
+            wait_groups_gone([proc.pid], timeout=10.0)
             logger.warning("killed %s (pgid %d)", name, proc.pid)
 
     def run(
@@ -506,7 +392,7 @@ class LocalFederation:
         if self.approve_project and Path(app).resolve() == PROJECT_ROOT:
             self._approve_project()
             app = self.run_dir / "app"  # exactly the bundle just approved
-        argv = [str(_BIN / "flwr"), "run", str(Path(app).resolve()), CONNECTION, "--stream"]
+        argv = [str(BIN / "flwr"), "run", str(Path(app).resolve()), CONNECTION, "--stream"]
         if run_config is not None:
             argv += ["--run-config", str(run_config)]
         proc = self.processes.start("flwr-run", argv, cwd=PROJECT_ROOT)
@@ -529,23 +415,13 @@ class LocalFederation:
         finally:
             self.processes.procs.pop("flwr-run", None)
             if proc.poll() is None:
-                _signal_group(proc, signal.SIGKILL, "flwr-run")
+                signal_group(proc, signal.SIGKILL, "flwr-run")
         if proc.returncode != 0:
             raise DeploymentError(f"flwr run exited with {proc.returncode}; see logs/flwr-run.log")
         # `flwr run --stream` exits 0 whatever became of the ServerApp: ask the SuperLink.
-        status, details = self.last_run_status()
+        status, details = run_status(self.processes.env, CONNECTION)
         if status != "finished:completed":
             raise DeploymentError(f"the run ended {status} ({details}); see logs/flwr-run.log")
-
-    def last_run_status(self) -> tuple[str, str]:
-        """Status and details of the newest run on the SuperLink (``flwr ls``)."""
-        listed = self.flwr("ls", CONNECTION, "--format", "json")
-        try:
-            runs = json.loads(listed.stdout[listed.stdout.index("{") :])["runs"]
-            newest = max(runs, key=lambda run: run["pending-at"])
-            return str(newest["status"]), str(newest["status-details"])
-        except (ValueError, KeyError) as exc:
-            raise DeploymentError(f"cannot read the run status: {listed.stdout}") from exc
 
 
 def merchant_config(

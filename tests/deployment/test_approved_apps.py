@@ -17,7 +17,7 @@ from flwr.app import Context, RecordDict
 
 from client import approval
 from client.policy import MerchantPolicy
-from simulations.deploy import local
+from simulations.deploy import local, processes
 from tests.deployment.test_local_deployment import TINY, needs_flower
 
 # --- the outsider's app: a ClientApp that sends back the merchant's rows ----------------------
@@ -227,4 +227,4 @@ def test_outsider_app_is_refused_by_every_merchant_and_the_approved_app_runs(tmp
     assert _rows(data_paths[0])[0] in leaked[0]["rows"]
     assert sum("not approved" in r.get("error", "") for r in control["replies"]) == 1
     assert "LOOT" in (logs / "flwr-run.log").read_text()  # a leak would have shown here
-    assert not [pgid for pgid in pids if local.group_alive(pgid)]
+    assert not [pgid for pgid in pids if processes.group_alive(pgid)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from simulations.deploy import local
+from simulations.deploy import local, processes
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ TINY = {
 
 
 def _binaries_present() -> bool:
-    return all((local._BIN / name).exists() for name in ("flower-superlink", "flower-supernode"))
+    return all((local.BIN / name).exists() for name in ("flower-superlink", "flower-supernode"))
 
 
 needs_flower = pytest.mark.skipif(
@@ -69,7 +69,7 @@ def test_local_deployment_trains_and_keeps_ledgers(tmp_path, insecure):
     assert len(result.rounds_seconds) == 2
     # Nothing left running: every process group the module started is gone.
     assert result.pids
-    assert not [pgid for pgid in result.pids if local.group_alive(pgid)]
+    assert not [pgid for pgid in result.pids if processes.group_alive(pgid)]
 
 
 def test_commands_bind_localhost_and_quote_node_config():

@@ -8,22 +8,34 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
-from privacy.ledger import PrivacyLedger
+from privacy.ledger import MechanismRecord, PrivacyLedger
 from privacy.noise import SeededNoise
 from privacy.statistics import (
     MAX_DECIMALS,
+    MAX_OPEN_CATEGORIES,
+    MIN_OPEN_SHARE,
+    OPEN_VOCABULARY,
+    OTHER,
+    SPURIOUS_CELLS,
     CategoricalInput,
     ColumnStatistics,
     Grid,
     NumericInput,
     TableStatistics,
+    canonical_order,
+    category_key,
+    close_open_domains,
     count_decimals,
     discrete_gaussian_tail,
+    in_open_vocabulary,
     merge_statistics,
     num_histograms,
+    open_column_weight,
     release_statistics,
     sparse_threshold,
+    squared_sensitivity,
 )
 
 DOMAIN = ["a", "b", "c", "d", "e"]
@@ -138,17 +150,26 @@ def test_two_releases_of_the_same_table_have_different_noise():
 
 
 def test_released_sparse_categories_are_sorted():
-    """An unknown domain's categories come out in canonical order (numbers by value, then
-    strings), never in the order the rows first show them."""
+    """An unknown domain's categories come out in canonical order (booleans, numbers by value,
+    then strings), never in the order the rows first show them."""
     first_seen = {"zeta": 60, 7: 100, "alpha": 140, 1.5: 180, "mango": 220, 3: 260}
     values = pd.Series([v for v, n in first_seen.items() for _ in range(n)], dtype=object)
     stats, _ = release_statistics(
         {"c": CategoricalInput(values)}, noise_multiplier=0.5, threshold_delta=1e-6
     )
     column = stats.columns["c"]
-    assert column.categories == [1.5, 3, 7, "alpha", "mango", "zeta"]
-    for category, count in zip(column.categories, column.counts, strict=True):
-        assert abs(count - first_seen[category]) < 15, category  # counts moved along
+    found = [c for c in column.categories if not in_open_vocabulary(c)]
+    assert found == [1.5, "alpha", "mango", "zeta"]  # 3 and 7 are public cells
+    bools = [c for c in column.categories if isinstance(c, bool)]
+    numbers = [
+        c for c in column.categories if isinstance(c, int | float) and not isinstance(c, bool)
+    ]
+    strings = [c for c in column.categories if isinstance(c, str)]
+    assert column.categories == [*bools, *numbers, *strings]
+    assert bools == [False, True] and numbers == sorted(numbers) and strings == sorted(strings)
+    counts = dict(zip(map(category_key, column.categories), column.counts, strict=True))
+    for category, count in first_seen.items():
+        assert abs(counts[category_key(category)] - count) < 15, category  # counts moved along
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.7, 3.0, 12.0, 40.0, 250.0])
@@ -295,7 +316,8 @@ def test_unknown_domain_releases_frequent_and_hides_singletons():
         assert not col.public_domain
         assert {"big", "mid"} <= set(col.categories)
         released_single += "single" in col.categories
-        assert np.all(col.counts > threshold)
+        found = [not in_open_vocabulary(c) for c in col.categories]
+        assert np.all(col.counts[found] > threshold)  # public cells need no threshold
         assert col.counts[col.categories.index("big")] == pytest.approx(200, abs=6 * noise_std)
         assert record.extra_delta == threshold_delta
     assert released_single == 0
@@ -360,8 +382,10 @@ def test_zero_noise_is_exact_and_costs_infinite_epsilon():
         columns, noise_multiplier=0.0, threshold_delta=1e-6, noise=SeededNoise(0)
     )
     np.testing.assert_array_equal(_flatten(_without(stats, "shop")), _exact(df))
-    assert stats.columns["shop"].categories == ["s1", "s2"]  # singletons too: nothing hidden
-    np.testing.assert_array_equal(stats.columns["shop"].counts, [119, 1])
+    column = stats.columns["shop"]
+    shop = dict(zip(map(category_key, column.categories), column.counts, strict=True))
+    assert (shop.pop(("str", "s1")), shop.pop(("str", "s2"))) == (119, 1)  # nothing hidden
+    assert len(shop) == len(OPEN_VOCABULARY) and not any(shop.values())  # public cells: 0
     assert stats.row_count_var == 0.0
     assert record.noise_multiplier == 0.0
     ledger = PrivacyLedger(epsilon_budget=10.0, delta=1e-5)
@@ -487,7 +511,8 @@ def test_table_statistics_json_round_trip():
     stats, _ = release_statistics(
         columns, noise_multiplier=0.5, threshold_delta=1e-6, noise=SeededNoise(5)
     )
-    assert sorted(stats.columns["mcc"].categories) == [4111, 5411, 5812]
+    mcc = [c for c in stats.columns["mcc"].categories if not in_open_vocabulary(c)]
+    assert mcc == [4111, 5411, 5812]
     text = json.dumps(stats.to_dict())
     restored = TableStatistics.from_dict(json.loads(text))
     assert restored.row_count == stats.row_count
@@ -508,7 +533,10 @@ def test_table_statistics_json_round_trip():
         else:
             np.testing.assert_array_equal(back.decimals, col.decimals)
     assert restored.columns["plain"].decimals is None
-    assert all(type(c) is int for c in restored.columns["mcc"].categories)
+    assert restored.columns["mcc"].categories == stats.columns["mcc"].categories
+    assert [type(c) for c in restored.columns["mcc"].categories] == [
+        type(c) for c in stats.columns["mcc"].categories
+    ]
     np.testing.assert_array_equal(_flatten(merge_statistics([restored])), _flatten(restored))
 
 
@@ -558,3 +586,192 @@ def test_count_decimals():
     values = np.array([1.0, 2.5, 9.75, 1 / 3, 0.0, -2.25, 100.0, 0.1, 0.125, 1e-6, math.pi])
     np.testing.assert_array_equal(count_decimals(values), [0, 1, 2, 6, 0, 2, 0, 1, 3, 6, 6])
     assert count_decimals(np.array([])).shape == (0,)
+
+
+# -- open (undeclared) categorical domains ---------------------------------------------------------
+def _open_table(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "amount": rng.integers(0, 10_000, size=n) / 100.0,
+            "visits": rng.integers(0, 9, size=n).astype(float),
+            "size": pd.Series(rng.choice(["S", "M", "L"], size=n), dtype=object),
+            "plan": pd.Series(rng.choice(["basic", "pro"], size=n, p=[0.7, 0.3]), dtype=object),
+        }
+    )
+
+
+def _open_columns(df: pd.DataFrame) -> dict:
+    return {
+        "amount": NumericInput(df["amount"].to_numpy(), grid=UNIFORM),
+        "visits": NumericInput(df["visits"].to_numpy(), grid=UNIFORM),
+        "size": CategoricalInput(df["size"], domain=["S", "M", "L"]),
+        "plan": CategoricalInput(df["plan"]),
+    }
+
+
+def test_open_columns_take_half_the_precision_with_less_noise():
+    """Row count + 2 x (bins + decimals) + a declared domain: 6 ordinary histograms, 1 open
+    one of weight 6. Measured noise matches, and the precisions add up to one Gaussian's."""
+    df = _open_table(400, seed=1)
+    columns = _open_columns(df)
+    assert num_histograms(columns) == 7
+    assert open_column_weight(histograms=7, open_columns=1) == 6.0
+    assert squared_sensitivity(histograms=7, open_columns=1) == 12.0
+    noise_multiplier = 1.5
+    dense_std, open_std = noise_multiplier * math.sqrt(12.0), noise_multiplier * math.sqrt(2.0)
+    # sum over histograms of 1 / std^2 is 1 / noise_multiplier^2: the RDP of one Gaussian
+    assert 6 / dense_std**2 + 1 / open_std**2 == pytest.approx(1 / noise_multiplier**2)
+    exact_basic = float((df["plan"] == "basic").sum())
+    exact_size = np.array([(df["size"] == c).sum() for c in ["S", "M", "L"]], dtype=float)
+    open_residuals, dense_residuals = [], []
+    for seed in range(150):
+        stats, record = release_statistics(
+            columns,
+            noise_multiplier=noise_multiplier,
+            threshold_delta=1e-6,
+            noise=SeededNoise(seed),
+        )
+        plan = stats.columns["plan"]
+        assert plan.noise_var == pytest.approx(open_std**2)
+        assert stats.columns["size"].noise_var == pytest.approx(dense_std**2)
+        assert stats.row_count_var == pytest.approx(dense_std**2)
+        public = np.array([in_open_vocabulary(c) for c in plan.categories])
+        open_residuals += list(plan.counts[public])  # every public cell holds 0 rows
+        open_residuals.append(plan.counts[plan.categories.index("basic")] - exact_basic)
+        dense_residuals += list(stats.columns["size"].counts - exact_size)
+        dense_residuals.append(stats.row_count - len(df))
+    assert np.std(open_residuals) == pytest.approx(open_std, rel=0.03)  # 18,750 draws
+    assert np.std(dense_residuals) == pytest.approx(dense_std, rel=0.1)  # 600 draws
+    assert record.l2_sensitivity == pytest.approx(math.sqrt(12.0))
+    ledger = PrivacyLedger(epsilon_budget=10.0, delta=1e-5)
+    ledger.record(record)
+    reference = PrivacyLedger(epsilon_budget=10.0, delta=1e-5)
+    reference.record(MechanismRecord("one Gaussian", noise_multiplier, 1.0, 1, 1e-6))
+    assert ledger.epsilon() == pytest.approx(reference.epsilon(), rel=1e-9)
+
+
+def test_public_cells_are_found_from_pooled_counts_that_no_merchant_could_release():
+    """Eight merchants, each with 55 rows of "Yes" and 55 of "gold": 3 noise std under each
+    one's threshold, so no merchant releases "gold"; "Yes" is a public cell that every merchant
+    counts, and the pooled 440 rows stand 4 pooled std above the server's cut."""
+    merchant = pd.Series(["Yes"] * 55 + ["gold"] * 55 + ["No"] * 290, dtype=object)
+    noise_multiplier, threshold_delta = 20 / math.sqrt(2), 1e-9  # row count + 1: std 20
+    parts = [
+        release_statistics(
+            {"c": CategoricalInput(merchant)},
+            noise_multiplier=noise_multiplier,
+            threshold_delta=threshold_delta,
+            noise=SeededNoise(seed),
+        )[0]
+        for seed in range(8)
+    ]
+    std, pooled_std = 20.0, 20.0 * math.sqrt(8)
+    assert sparse_threshold(std, delta=threshold_delta, num_sparse=1) > 55 + 3 * std
+    assert pooled_std * (norm.isf(SPURIOUS_CELLS / len(OPEN_VOCABULARY)) + 4) < 440
+    assert all("gold" not in p.columns["c"].categories for p in parts)
+    closed = close_open_domains(merge_statistics(parts)).columns["c"]
+    assert closed.categories == ["No", "Yes", OTHER]
+    counts = dict(zip(closed.categories, closed.counts, strict=True))
+    assert counts["Yes"] == pytest.approx(440, abs=4 * pooled_std)
+    # OTHER: the noisy row count less the missing and kept counts (the 440 "gold" rows)
+    assert counts[OTHER] == pytest.approx(440, abs=4 * pooled_std * 2)
+
+
+def test_closing_an_open_domain_keeps_frequent_labels_and_counts_the_rest_as_other():
+    labels = [f"v{i:04d}" for i in range(MAX_OPEN_CATEGORIES + 10)]
+    counts = {label: 1000.0 - i for i, label in enumerate(labels)}  # all above the share floor
+    counts["rare"] = 50.0  # under MIN_OPEN_SHARE of the present rows
+    cells = sorted([*OPEN_VOCABULARY, *counts], key=canonical_order)
+    noisy = {c: counts.get(c, 1.0) for c in cells}  # public cells: 1 (noise level)
+    noisy[7] = 9_000.0  # a public cell that stands out
+    present = sum(counts.values()) + 9_000.0 + 20_000.0  # 20,000 rows in labels not released
+    column = ColumnStatistics(
+        kind="categorical",
+        counts=np.array([noisy[c] for c in cells]),
+        missing=100.0,
+        noise_var=4.0,
+        categories=cells,
+    )
+    stats = TableStatistics({"c": column}, row_count=present + 100.0, row_count_var=4.0)
+    assert MIN_OPEN_SHARE * present > 50.0
+    closed = close_open_domains(stats).columns["c"]
+    kept = labels[: MAX_OPEN_CATEGORIES - 1]  # the most frequent, 7 counted in
+    assert closed.categories == [7, *kept, OTHER]
+    other = present - 9_000.0 - sum(counts[label] for label in kept)
+    assert closed.counts[-1] == pytest.approx(other)  # rare, cut, unreleased rows and noise
+    assert closed.missing == 100.0 and not closed.public_domain
+    again = close_open_domains(close_open_domains(stats))
+    assert again.columns["c"].categories == closed.categories  # closing is idempotent
+    np.testing.assert_array_equal(again.columns["c"].counts, closed.counts)
+
+
+def test_a_release_never_holds_other_and_the_guard_checks_open_columns():
+    from client.release_checks import statistics_problems
+    from synth_models.encoder import statistics_inputs
+    from synth_models.schema import TableSchema
+
+    df = _open_table(300, seed=3)
+    df.loc[:99, "plan"] = OTHER  # a label spelled like OTHER stays in the remainder
+    metadata = {
+        "tables": {
+            "t": {
+                "columns": {
+                    "amount": {"sdtype": "numerical", "range_min": 0, "range_max": 100},
+                    "visits": {"sdtype": "numerical", "range_min": 0, "range_max": 100},
+                    "size": {"sdtype": "categorical", "range_values": ["S", "M", "L"]},
+                    "plan": {"sdtype": "categorical"},
+                }
+            }
+        }
+    }
+    schema = TableSchema.from_metadata(metadata)
+    stats, record = release_statistics(
+        statistics_inputs(df, schema), noise_multiplier=0.5, threshold_delta=1e-6,
+        noise=SeededNoise(0),
+    )  # fmt: skip
+    assert OTHER not in stats.columns["plan"].categories
+    ledger = PrivacyLedger(epsilon_budget=10.0, delta=1e-5, owner="m")
+    ledger.record(record)
+    check = {"schema": schema, "ledger": ledger.state_dict(), "private": True}
+    document = json.loads(json.dumps(stats.to_dict()))
+    assert statistics_problems(document, **check) == []
+    missing_cell = json.loads(json.dumps(document))
+    plan = missing_cell["columns"]["plan"]
+    zero = plan["categories"].index(0)  # leaving out a public cell would say no row holds it
+    del plan["categories"][zero], plan["counts"][zero]
+    assert statistics_problems(missing_cell, **check) == [
+        "statistics of column 'plan': released categories are not every public cell once "
+        "plus found labels"
+    ]
+    same_noise = json.loads(json.dumps(document))
+    same_noise["columns"]["plan"]["noise_var"] = same_noise["row_count_var"]
+    assert statistics_problems(same_noise, **check) == [
+        "statistics of column 'plan': noise differs from the rest of the release"
+    ]
+
+
+def test_a_share_of_the_precision_is_far_more_noise_budget_than_a_share_of_epsilon():
+    """What the statistics' share could mean: ``precision_share_noise_multiplier`` takes a
+    share of ``1 / sigma^2``; what a ledger calibrates after it gets the rest."""
+    from privacy.calibration import (
+        calibrate_noise_multiplier,
+        gaussian_noise_multiplier,
+        precision_share_noise_multiplier,
+    )
+    from privacy.ledger import DISCRETE_GAUSSIAN
+
+    args = {"epsilon": 1.0, "delta": 1e-5, "mechanism": DISCRETE_GAUSSIAN}
+    whole = gaussian_noise_multiplier(**args)
+    share = precision_share_noise_multiplier(share=0.1, **args)
+    assert share == pytest.approx(whole / math.sqrt(0.1))
+    as_epsilon = gaussian_noise_multiplier(**{**args, "epsilon": 0.1})
+    assert as_epsilon > 2.5 * share  # 10% of epsilon: about 1.4% of the precision
+    ledger = PrivacyLedger(epsilon_budget=1.0, delta=1e-5)
+    ledger.record(MechanismRecord("statistics", share, 1.0, 1, mechanism=DISCRETE_GAUSSIAN))
+    rest = calibrate_noise_multiplier(
+        ledger, target_epsilon=1.0, sample_rate=1.0, steps=1, mechanism=DISCRETE_GAUSSIAN
+    )
+    assert rest == pytest.approx(whole / math.sqrt(0.9), rel=0.01)
+    with pytest.raises(ValueError):
+        precision_share_noise_multiplier(share=0.0, **args)

@@ -6,13 +6,15 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from privacy.claims import generate_key, load_private_key, sign_ledger, sign_manifest
 from privacy.ledger import PrivacyLedger
-from simulations.cli import main
+from simulations.cli import build_parser, main
 from simulations.datasets import load_dataset
+from simulations.preflight import MIN_TRAINING_ROWS, simulation_delta
 from synth_models.artifact import ArtifactError
 from synth_models.synthesizer import TabularSynthesizer
 
@@ -29,6 +31,8 @@ def test_fit_writes_a_run_folder_and_sample_reads_it(tmp_path, capsys):
     assert 0 <= audit["quality"] <= 1
     # The exact row count is the owner's local view: labelled, and not in the artifact.
     assert audit["rows"] == len(load_dataset("oj").table)
+    # delta by the 1/(10 n) rule, the one simulate takes for the same table
+    assert audit["privacy"]["delta"] == simulation_delta(load_dataset("oj"), None) == 1e-5
     assert "local view" in audit["view"].lower()
     for path in (out / "synthesizer").rglob("*.json"):
         assert '"rows"' not in path.read_text(), path
@@ -232,3 +236,156 @@ def test_verify_reports_an_unsigned_synthesizer(tmp_path: Path, capsys) -> None:
     assert code == 2, text
     assert "result: unsigned" in text and re.search(r"local\s+unsigned", text)
     assert TabularSynthesizer.load(out / "synthesizer").verification.status == "unsigned"
+
+
+# -- pre-flight: every argument checked before anything starts; one line, exit status 2 -------
+
+
+def _user_error(capsys, argv: list[str]) -> str:
+    """Run ``fedsynth argv``; it must exit with status 2 and print one line, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2, info.value.code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["fit", "--epsilon", "0"], "--epsilon: must be > 0"),
+        (["fit", "--epsilon", "-1"], "--epsilon: must be > 0"),
+        (["simulate", "--epsilon", "nan"], "--epsilon: must be > 0"),
+        (["simulate", "--epsilon", "lots"], "--epsilon: expected a number > 0"),
+        (["simulate", "--delta", "0"], "--delta: must be in (0, 1)"),
+        (["simulate", "--delta", "1"], "--delta: must be in (0, 1)"),
+        (["fit", "--delta", "2"], "--delta: must be in (0, 1)"),
+        (["simulate", "--rounds", "-2"], "--rounds: must be >= 1"),
+        (["simulate", "--rounds", "0"], "--rounds: must be >= 1"),
+        (["simulate", "--merchants", "0"], "--merchants: must be >= 1"),
+        (["simulate", "--local-epochs", "0"], "--local-epochs: must be >= 1"),
+        (["simulate", "--min-train-replies", "0"], "--min-train-replies: must be >= 1"),
+        (["simulate", "--holdout", "1"], "--holdout: must be in [0, 1)"),
+        (["simulate", "--holdout", "-0.1"], "--holdout: must be in [0, 1)"),
+        (["fit", "--epochs", "0"], "--epochs: must be >= 1"),
+        (["fit", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["fit", "--rows", "2.5"], "--rows: expected a whole number"),
+        (["sample", "x", "--rows", "0"], "--rows: must be >= 1"),
+        (["simulate", "--seed", "-1"], "--seed: must be >= 0"),
+        (["sample", "x", "--condition", "size"], "expected COLUMN=VALUE"),
+        (["simulate", "--epochs", "3"], "--local-epochs"),
+        (["simulate", "--resume"], "--resume needs --out"),
+        (["fit", "--data", "t.csv"], "--data needs --metadata"),
+        (["fit", "--metadata", "m.json"], "--metadata needs --data"),
+        (["sample", "/no/such/artifact"], "not a synthesizer artifact"),
+    ],
+)
+def test_a_bad_argument_is_one_line_before_anything_starts(tmp_path, capsys, argv, fragment):
+    out = tmp_path / "run"
+    argv = [*argv, "--out", str(out)] if argv[0] in ("fit", "simulate") else argv
+    if "--resume" in argv:
+        argv = argv[: argv.index("--out")]
+    err = _user_error(capsys, argv)
+    assert fragment in err and err.startswith(f"fedsynth {argv[0]}"), err
+    assert not out.exists()  # no run folder: nothing started
+
+
+def _user_table(tmp_path: Path, rows: int, *, parquet: bool = False) -> tuple[Path, Path]:
+    oj = load_dataset("oj")
+    table = oj.table.iloc[:rows]
+    data = tmp_path / ("oj.parquet" if parquet else "oj.csv")
+    if parquet:
+        table.to_parquet(data, index=False)
+    else:
+        table.to_csv(data, index=False)
+    metadata = tmp_path / "oj.metadata.json"
+    metadata.write_text(json.dumps(oj.metadata))
+    return data, metadata
+
+
+def test_a_table_too_small_to_train_on_is_refused(tmp_path, capsys):
+    data, metadata = _user_table(tmp_path, 1)
+    out = tmp_path / "run"
+    err = _user_error(
+        capsys, ["fit", "--data", str(data), "--metadata", str(metadata), "--out", str(out)]
+    )
+    assert str(data) in err and f"at least {MIN_TRAINING_ROWS} rows" in err, err
+    data, metadata = _user_table(tmp_path, 600)  # 6 x 100 rows, 80 of each to train on
+    argv = ["simulate", "--data", str(data), "--metadata", str(metadata), "--out", str(out)]
+    err = _user_error(capsys, [*argv, "--partition", "iid", "--merchants", "6"])
+    assert "80 to train on" in err and f"at least {MIN_TRAINING_ROWS}" in err, err
+    err = _user_error(capsys, [*argv, "--partition", "iid", "--merchants", "2", "--rounds", "1",
+                               "--min-train-replies", "3"])  # fmt: skip
+    assert "--min-train-replies 3: more than the 2 merchant(s)" in err, err
+    err = _user_error(capsys, [*argv, "--partition", "dirichlet:Nope:0.5"])
+    assert "partition column 'Nope' is not in the table" in err, err
+    assert not out.exists()
+
+
+def test_a_malformed_table_is_one_line_naming_file_and_column(tmp_path, capsys):
+    data, metadata = _user_table(tmp_path, 300)
+    table = load_dataset("oj").table.iloc[:300].assign(PriceCH="cheap")
+    table.to_csv(data, index=False)
+    err = _user_error(capsys, ["simulate", "--data", str(data), "--metadata", str(metadata)])
+    assert f"file '{data}', column 'PriceCH'" in err and "not numbers" in err, err
+    # --debug (before or after the command) shows the traceback instead
+    from synth_models.schema import DataError
+
+    for argv in (["--debug", "fit"], ["fit", "--debug"]):
+        with pytest.raises(DataError, match="not numbers"):
+            main([*argv, "--data", str(data), "--metadata", str(metadata)])
+
+
+def test_simulate_checks_the_tables_its_merchants_will_read(tmp_path, capsys):
+    """A Parquet table's datetimes need no format; its merchants read CSV files, in which
+    they must be in the declared format: found before the simulation starts."""
+    data, metadata = _user_table(tmp_path, 400, parquet=True)
+    table = pd.read_parquet(data)
+    table["Bought"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(range(400), unit="h")
+    table.to_parquet(data, index=False)
+    meta = json.loads(metadata.read_text())
+    meta["tables"]["oj"]["columns"]["Bought"] = {
+        "sdtype": "datetime",
+        "datetime_format": "%d/%m/%Y %H:%M",
+    }
+    metadata.write_text(json.dumps(meta))
+    err = _user_error(
+        capsys,
+        ["simulate", "--data", str(data), "--metadata", str(metadata), "--partition", "iid",
+         "--merchants", "2", "--out", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert "merchant 0's table" in err and "column 'Bought'" in err, err
+    assert "'%d/%m/%Y %H:%M'" in err, err
+
+
+def test_a_run_folder_is_not_run_over_without_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "synthesizer").mkdir(parents=True)
+    (out / "state").mkdir()
+    err = _user_error(capsys, ["simulate", "--dataset", "oj", "--out", str(out)])
+    assert "pass --resume" in err, err
+
+
+def test_the_help_states_the_delta_rule_and_the_debug_flag():
+    parser = build_parser()
+    assert "--debug" in parser.format_help()
+    simulate = next(
+        action for action in parser._subparsers._group_actions if action.dest == "command"
+    ).choices["simulate"]
+    text = " ".join(simulate.format_help().split())
+    assert "1/(10 n)" in text and "all merchants' rows together" in text
+
+
+def test_metadata_that_does_not_parse_or_match_is_one_line(tmp_path, capsys):
+    data, metadata = _user_table(tmp_path, 300)
+    argv = ["fit", "--data", str(data), "--metadata", str(metadata), "--out", str(tmp_path / "r")]
+    metadata.write_text('{"tables": {"oj": ')
+    assert "invalid JSON at line 1" in _user_error(capsys, argv)
+    meta = load_dataset("oj").metadata
+    meta["tables"]["oj"]["columns"]["Coupon"] = {"sdtype": "categorical"}
+    metadata.write_text(json.dumps(meta))
+    err = _user_error(capsys, argv)
+    assert f"file '{data}', column 'Coupon': missing column(s) ['Coupon']" in err, err
+    assert not (tmp_path / "r").exists()

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from privacy.calibration import gaussian_noise_multiplier
+from privacy.ledger import DISCRETE_GAUSSIAN, MechanismRecord, PrivacyLedger
 from privacy.noise import SeededNoise
-from privacy.statistics import release_statistics
+from privacy.statistics import (
+    OPEN_VOCABULARY,
+    OTHER,
+    ColumnStatistics,
+    Grid,
+    TableStatistics,
+    canonical_order,
+    num_histograms,
+    open_column_weight,
+    release_statistics,
+)
 from synth_models.encoder import (
     BOUNDED_BINS,
     END_ATOM_MASS,
@@ -22,6 +36,11 @@ from synth_models.encoder import (
     with_value_modes,
 )
 from synth_models.schema import NUMERIC, ColumnSpec, TableSchema, datetime_seconds
+from synth_models.synthesizer import (
+    STATISTICS_LABEL,
+    THRESHOLD_DELTA_SHARE,
+    release_encoder_statistics,
+)
 
 N = 600
 METADATA = {
@@ -251,7 +270,7 @@ def test_declared_bounds_and_decimals_give_one_bin_per_value() -> None:
     np.testing.assert_allclose(centres, np.arange(975, 3596) / 100, atol=1e-9)
     # integers: as before, one bin per integer
     assert grid_for(_numeric((0, 23), 0)).to_dict() == {
-        "kind": "uniform", "low": -0.5, "high": 23.5, "per_decade": 32, "bins": 24
+        "kind": "uniform", "low": -0.5, "high": 23.5, "per_decade": Grid().per_decade, "bins": 24
     }  # fmt: skip
     # bounds off the lattice: the lattice values inside them
     off = grid_for(_numeric((0.333, 1.0), 2))
@@ -429,19 +448,102 @@ def test_declared_nullable_overrides_dp(frame: pd.DataFrame) -> None:
     assert private.transforms["price"].has_missing  # declared, though no row is missing
 
 
-def test_rows_outside_dp_domain_are_dropped(schema: TableSchema) -> None:
+def test_values_outside_an_open_domain_are_encoded_as_other(schema: TableSchema) -> None:
     frame = make_frame()
     frame.loc[17, "colour"] = "ultraviolet"  # one row: cannot pass the DP threshold
     private = dp_encoder(frame, schema, seed=5)
-    assert "ultraviolet" not in private.transforms["colour"].categories
-    assert isinstance(private.transforms["colour"], CategoricalTransform)
+    colour = private.transforms["colour"]
+    assert colour.other and colour.categories == ["blue", "green", "red", OTHER]
     matrix = private.transform(frame)
-    assert len(matrix) == len(frame) - 1
-    expected = private.transform(frame.drop(index=17))
-    np.testing.assert_array_equal(matrix, expected)
-    # a category no release has seen is dropped the same way
-    novel = frame.drop(index=17).assign(code=lambda d: d["code"].where(d.index != 3, 99))
-    assert len(private.transform(novel)) == len(frame) - 2
+    assert len(matrix) == len(frame)  # no row is left out
+    block = matrix[:, private.column_offset("colour") : private.column_offset("colour") + 4]
+    assert block[17].tolist() == [0, 0, 0, 1] and block[:, 3].sum() == 1
+    # a value no release has seen (here in an integer column) goes to OTHER the same way
+    novel = frame.assign(code=frame["code"].where(frame.index != 3, 99))
+    codes = private.transforms["code"].codes(novel["code"])
+    assert codes[3] == len(private.transforms["code"].categories) - 1
+    decoded = private.inverse_transform(private.transform(novel))
+    assert decoded.loc[3, "code"] == OTHER and decoded.loc[17, "colour"] == OTHER
+    assert decoded["code"].dtype == object  # an integer column that holds OTHER
+    # rows without OTHER keep their labels' own dtype
+    plain = private.inverse_transform(private.transform(make_frame()))
+    assert plain["code"].dtype == np.int64 and set(plain["code"]) == {10, 20, 30}
+
+
+def _open_statistics(counts: dict, *, row_count: float, noise_var: float) -> TableStatistics:
+    """Summed statistics of one open column ``c``, with public cells as a release has them."""
+    labels = sorted(set(OPEN_VOCABULARY) | set(counts), key=canonical_order)
+    column = ColumnStatistics(
+        kind="categorical",
+        counts=np.array([float(counts.get(c, 0.0)) if not isinstance(c, bool) else 0.0
+                         for c in labels]),
+        missing=0.0,
+        noise_var=noise_var,
+        categories=labels,
+    )  # fmt: skip
+    return TableStatistics({"c": column}, row_count=row_count, row_count_var=noise_var)
+
+
+OPEN_SCHEMA = TableSchema.from_metadata(
+    {"tables": {"t": {"columns": {"c": {"sdtype": "categorical"}}}}}
+)
+
+
+def test_a_column_where_nothing_was_found_is_all_other(caplog) -> None:
+    stats = _open_statistics({}, row_count=500.0, noise_var=400.0)
+    with caplog.at_level("WARNING", logger="synth_models.encoder"):
+        encoder = TableEncoder.from_statistics(OPEN_SCHEMA, stats)  # no exception
+    t = encoder.transforms["c"]
+    assert t.categories == [OTHER] and t.frequencies.tolist() == [1.0] and not t.id_like
+    assert "column 'c'" in caplog.text and "every synthetic value is '(other)'" in caplog.text
+    assert encoder.notes == {"c": t.note}
+    sample = encoder.inverse_transform(np.ones((4, t.width), dtype=np.float32))
+    assert sample["c"].tolist() == [OTHER] * 4
+
+
+def test_open_domain_keeps_found_labels_and_other_gets_the_remainder() -> None:
+    # 1000 rows: two labels found, 300 rows in labels nobody could release.
+    stats = _open_statistics({"a": 500.0, "b": 200.0}, row_count=1000.0, noise_var=1.0)
+    t = TableEncoder.from_statistics(OPEN_SCHEMA, stats).transforms["c"]
+    assert t.categories == ["a", "b", OTHER]
+    np.testing.assert_allclose(t.frequencies, [0.5, 0.2, 0.3])
+    assert not t.id_like and t.note is None
+    # a remainder within its noise is taken as empty (noise var 400: row count and 3 counts)
+    noisy = _open_statistics({"a": 500.0, "b": 480.0}, row_count=1000.0, noise_var=400.0)
+    t = TableEncoder.from_statistics(OPEN_SCHEMA, noisy).transforms["c"]
+    assert t.frequencies[-1] == 0.0 and np.isclose(t.frequencies.sum(), 1.0)
+
+
+def test_mostly_other_or_an_identifier_name_is_flagged_id_like(caplog) -> None:
+    stats = _open_statistics({"vip": 40.0}, row_count=1000.0, noise_var=1.0)
+    with caplog.at_level("WARNING", logger="synth_models.encoder"):
+        t = TableEncoder.from_statistics(OPEN_SCHEMA, stats).transforms["c"]
+    assert t.id_like and t.other_share == pytest.approx(0.96)
+    assert "looks like an identifier" in caplog.text and "sdtype 'id'" in caplog.text
+    for name, flagged in [("customer_id", True), ("orderID", True), ("CustomerId", True),
+                          ("uuid", True), ("id", True), ("paid", False), ("valid", False),
+                          ("home", False)]:  # fmt: skip
+        schema = TableSchema.from_metadata(
+            {"tables": {"t": {"columns": {name: {"sdtype": "categorical"}}}}}
+        )
+        fine = _open_statistics({"a": 600.0, "b": 400.0}, row_count=1000.0, noise_var=1.0)
+        fine = TableStatistics({name: fine.columns["c"]}, fine.row_count, fine.row_count_var)
+        assert TableEncoder.from_statistics(schema, fine).transforms[name].id_like == flagged, name
+    restored = CategoricalTransform.from_dict(OPEN_SCHEMA["c"], json.loads(json.dumps(t.to_dict())))
+    assert restored.id_like and restored.other and restored.categories == t.categories
+
+
+def test_true_and_one_are_different_labels() -> None:
+    schema = TableSchema.from_metadata(
+        {"tables": {"t": {"columns": {"c": {"sdtype": "categorical"}}}}}
+    )
+    frame = pd.DataFrame({"c": pd.Series([True] * 30 + [1] * 50 + [0] * 20, dtype=object)})
+    encoder = exact_encoder(frame, schema)
+    t = encoder.transforms["c"]
+    assert [(type(c), c) for c in t.categories] == [(bool, True), (int, 0), (int, 1), (str, OTHER)]
+    np.testing.assert_allclose(t.frequencies, [0.3, 0.2, 0.5, 0.0])
+    decoded = encoder.inverse_transform(encoder.transform(frame))
+    assert [(type(v), v) for v in decoded["c"]] == [(type(v), v) for v in frame["c"]]
 
 
 def test_transform_accepts_datetime_strings_and_stamps(
@@ -451,3 +553,33 @@ def test_transform_accepts_datetime_strings_and_stamps(
     np.testing.assert_array_equal(encoder.transform(as_strings), encoder.transform(frame))
     seconds = datetime_seconds(frame["day"], schema["day"])
     assert np.isfinite(seconds).all()
+
+
+def test_the_ledger_records_exactly_the_statistics_mechanism(
+    frame: pd.DataFrame, schema: TableSchema
+) -> None:
+    """One owner's statistics release: one discrete Gaussian record whose L2 sensitivity
+    weighs the two open columns (colour, code), and the threshold's delta; the released noise
+    is that record's."""
+    ledger = PrivacyLedger(epsilon_budget=1.0, delta=1e-5, owner="m")
+    stats = release_encoder_statistics(frame, schema, ledger, epsilon=0.1, noise=SeededNoise(0))
+    histograms = num_histograms(statistics_inputs(frame, schema))
+    assert histograms == 1 + 10 + 2  # row count, columns, decimals of price and weight
+    weight = open_column_weight(histograms=histograms, open_columns=2)
+    assert weight == pytest.approx(11 / 2)  # the open ones take half the precision
+    multiplier = gaussian_noise_multiplier(
+        epsilon=0.1, delta=1e-5 * (1 - THRESHOLD_DELTA_SHARE), mechanism=DISCRETE_GAUSSIAN
+    )
+    sensitivity = math.sqrt(11 + 2 * weight)
+    expected = MechanismRecord(
+        STATISTICS_LABEL, multiplier, 1.0, 1, 1e-5 * THRESHOLD_DELTA_SHARE,
+        mechanism=DISCRETE_GAUSSIAN, l2_sensitivity=sensitivity, dimension=0,
+    )  # fmt: skip
+    (record,) = ledger.records
+    assert record.l2_sensitivity == pytest.approx(sensitivity)
+    assert record == dataclasses.replace(expected, l2_sensitivity=record.l2_sensitivity)
+    assert stats.row_count_var == pytest.approx((multiplier * sensitivity) ** 2)
+    for name in ("colour", "code"):
+        assert stats.columns[name].noise_var == pytest.approx(stats.row_count_var / weight)
+    assert stats.columns["size"].noise_var == pytest.approx(stats.row_count_var)
+    assert ledger.epsilon() == pytest.approx(0.1, rel=2e-3)

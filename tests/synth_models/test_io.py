@@ -256,3 +256,26 @@ def test_metadata_from_dict_does_not_modify_its_input() -> None:
     raw = json.loads(json.dumps(VALID_METADATA))
     metadata_from_dict(raw)
     assert raw == VALID_METADATA
+
+
+def test_duplicate_parquet_columns(tmp_path: Path) -> None:
+    """pyarrow's own error ("Multiple matches for FieldRef") reads as a corrupt file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "dup.parquet"
+    arrays = [pa.array([1, 2]), pa.array(["x", "y"]), pa.array([3, 4])]
+    pq.write_table(pa.Table.from_arrays(arrays, names=["a", "b", "a"]), path)
+    error = _raises(path, "duplicate column name(s)", "['a']", "rename")
+    assert error.column == "a" and "corrupt" not in str(error)
+
+
+def test_codes_with_leading_zeros_are_read_as_text(tmp_path: Path) -> None:
+    """Postcodes such as "00425" keep their zeros; plain numbers stay numbers."""
+    path = _write(tmp_path / "codes.csv", b"zip,n,x\n00425,7,0.5\n12345,8,\n01000,9,1.5\n")
+    table = read_table(path)
+    assert table["zip"].tolist() == ["00425", "12345", "01000"]
+    assert table["n"].tolist() == [7, 8, 9] and pd.api.types.is_float_dtype(table["x"])
+    parquet = tmp_path / "codes.parquet"
+    table.to_parquet(parquet, index=False)
+    assert read_table(parquet)["zip"].tolist() == ["00425", "12345", "01000"]

@@ -393,3 +393,49 @@ def test_rebin_takes_the_atoms_the_release_shows(encoder, pizza) -> None:
     j = [d.name for d in model.domains].index("price")
     drawn = {round(float(t.atoms[c]), 2) for c in np.unique(codes[:, j].numpy())}
     assert menu <= drawn
+
+
+def test_rows_outside_an_open_domain_count_as_other() -> None:
+    """Merchant A releases "x", merchant B "y"; each also holds labels no one releases. On the
+    server's domains (the union, then OTHER) every row of each merchant counts: B's few "x"
+    rows as "x", the unreleased ones as OTHER, none vanish."""
+    from privacy.statistics import OTHER, CategoricalInput, merge_statistics, release_statistics
+    from synth_models.schema import TableSchema
+
+    schema = TableSchema.from_metadata(
+        {
+            "tables": {
+                "t": {
+                    "columns": {
+                        "c": {"sdtype": "categorical"},
+                        "d": {"sdtype": "categorical", "range_values": ["p", "q"]},
+                    }
+                }
+            }
+        }
+    )
+    rng = np.random.default_rng(0)
+    a = pd.DataFrame({"c": ["x"] * 300 + ["rare-a"] * 3 + ["y"] * 2})
+    b = pd.DataFrame({"c": ["y"] * 300 + ["x"] * 5 + [f"id-{i}" for i in range(40)]})
+    for table in (a, b):
+        table["d"] = rng.choice(["p", "q"], len(table))
+    parts = [
+        release_statistics(
+            {"c": CategoricalInput(t["c"]), "d": CategoricalInput(t["d"], domain=["p", "q"])},
+            noise_multiplier=2.0,
+            threshold_delta=1e-6,
+            noise=SeededNoise(seed),
+        )[0]
+        for seed, t in enumerate((a, b))
+    ]
+    encoder = TableEncoder.from_statistics(schema, merge_statistics(parts))
+    assert encoder.transforms["c"].categories == ["x", "y", OTHER]
+    domains = column_domains(encoder, max_bins=4)
+    for table, expected in ((a, [300, 2, 3]), (b, [5, 300, 40])):
+        codes = discretize(table, encoder, domains)
+        assert len(codes) == len(table)  # nothing left out
+        (pair,) = count_marginals(codes, [d.size for d in domains], [(0, 1)])
+        np.testing.assert_array_equal(pair.sum(1), expected)
+    model = MarginalModel(encoder)
+    release = release_marginals(b, model=model, ledger=None, phase=SELECTION)
+    assert release.tables[0].sum() == len(b)  # exact counts: every row in a cell

@@ -299,3 +299,48 @@ def test_strip_data_derived_removes_detected_ranges() -> None:
     schema = TableSchema.from_metadata(stripped)
     assert schema["amount"].bounds is None and schema["amount"].decimals is None
     assert schema["store"].categories is None and schema["amount"].nullable is None
+
+
+# -- what a merchant's export holds ---------------------------------------------------------------
+
+
+def _undeclared_datetime() -> TableSchema:
+    return TableSchema.from_metadata(_meta({"at": {"sdtype": "datetime"}}))
+
+
+def test_mixed_datetime_formats_name_the_format_of_the_first_value() -> None:
+    """Without a declared format pandas reads every value in the first one's format: the
+    message says so (it used to say "format None")."""
+    table = pd.DataFrame({"at": ["2024-03-25 10:00:00", "03/27/2024 12:00", None]})
+    error = _fails(table, _undeclared_datetime(), "at", "mixed datetime formats", "'%Y-%m-%d")
+    assert "'03/27/2024 12:00'" in str(error) and "None" not in str(error)
+    assert "datetime_format" in str(error)  # the fix
+
+
+def test_utc_offset_datetimes_are_read_as_instants() -> None:
+    """Summer time: one column with +01:00 and +02:00 offsets (it used to raise)."""
+    from synth_models.schema import datetime_seconds
+
+    schema = _undeclared_datetime()
+    table = pd.DataFrame({"at": ["2024-03-30 10:00:00+01:00", "2024-03-31 11:00:00+02:00"]})
+    validate_table(table, schema, source=SOURCE)
+    seconds = datetime_seconds(table["at"], schema["at"], SOURCE)
+    assert seconds[1] - seconds[0] == 24 * 3600  # 09:00 UTC both days
+
+
+def test_yes_no_booleans_are_accepted() -> None:
+    schema = TableSchema.from_metadata(_meta({"paid": {"sdtype": "boolean"}}))
+    out = validate_table(pd.DataFrame({"paid": ["yes", "No", "Y", "n", None]}), schema)
+    assert out["paid"].tolist()[:4] == [True, False, True, False] and pd.isna(out["paid"][4])
+    _fails(pd.DataFrame({"paid": ["yes", "maybe"]}), schema, "paid", "'maybe'")
+
+
+def test_declared_text_codes_read_as_numbers_are_compared_as_text() -> None:
+    """A reader takes codes "1", "2" for numbers; the declared text domain reads them back."""
+    schema = TableSchema.from_metadata(
+        _meta({"grade": {"sdtype": "categorical", "range_values": ["1", "2", "10"]}})
+    )
+    out = validate_table(pd.DataFrame({"grade": [1, 10, np.nan]}), schema, source=SOURCE)
+    assert out["grade"].tolist()[:2] == ["1", "10"] and pd.isna(out["grade"][2])
+    error = _fails(pd.DataFrame({"grade": [1, 3]}), schema, "grade", "outside the declared")
+    assert "e.g. '3'" in str(error) and "range_values" in str(error)
