@@ -37,6 +37,7 @@ from privacy.ledger import PrivacyLedger
 from server.config import FederationConfig
 from server.evaluation import federated_report, request_local_audits, save_local_audits
 from server.marginal_rounds import ROUNDS, MarginalRounds, run_marginal_rounds
+from server.prompt_grid import PromptGrid
 from server.releases import clear_releases, save_marginals, save_statistics
 from server.run_log import run_log
 from server.schema_round import schema_round
@@ -433,7 +434,7 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         config = FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
         with run_log(config.resolve(config.run_dir)):
-            run_federation(grid, config)
+            run_federation(PromptGrid(grid), config)
 
     return app
 

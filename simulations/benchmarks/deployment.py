@@ -1,4 +1,4 @@
-"""Per-round time: Flower's deployment engine (local) against ``run_simulation``, same job.
+"""Per-round time: Flower's deployment engine (local) against its simulation engine, same job.
 
     python -m simulations.benchmarks.deployment --out /tmp/compare [--rows-per-merchant 300]
 
@@ -31,11 +31,9 @@ TINY = {
 
 
 def simulate(settings: local.DeploymentSettings) -> dict:
-    from flwr.simulation import run_simulation
-
-    from client.app import make_client_app
-    from server.app import make_server_app
-    from simulations.runner import simulated_policy
+    """The same job on a local simulation SuperLink (``flwr run``, as ``fedsynth simulate``)."""
+    from simulations.runner import simulate as run_app
+    from simulations.runner import simulated_policy, write_simulated_policy
 
     run_dir = Path(settings.out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,19 +47,16 @@ def simulate(settings: local.DeploymentSettings) -> dict:
         "min-nodes": settings.merchants,
         **settings.run_config,
     }
+    write_simulated_policy(run_dir / "state", simulated_policy(overrides))
+    run_config = {
+        **overrides,
+        "data-dir": str(data_paths[0].parent),
+        "state-dir": str(run_dir / "state"),
+        "torch-threads": 1,
+        "holdout-fraction": settings.holdout_fraction,
+    }
     started = time.perf_counter()
-    run_simulation(
-        server_app=make_server_app(overrides),
-        client_app=make_client_app(
-            data_dir=str(data_paths[0].parent),
-            state_dir=str(run_dir / "state"),
-            torch_threads=1,
-            holdout_fraction=settings.holdout_fraction,
-            policy=simulated_policy(overrides),
-        ),
-        num_supernodes=settings.merchants,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    run_app(run_dir, run_config=run_config, num_supernodes=settings.merchants)
     return {
         "seconds": time.perf_counter() - started,
         "rounds_seconds": local.rounds_seconds(run_dir),

@@ -302,24 +302,16 @@ class LocalFederation:
             )
 
     def project_app(self, *, rebuild: bool = False):
-        """This project's FAB identity (``client.approval.AppIdentity``), built like
-        ``flwr run .`` builds it. Each build is also unpacked into ``<run-dir>/app``, which is
-        what ``run`` submits: the bytes approved are the bytes sent, even if the working tree
-        changes in between (Flower's builder is deterministic: the same files, the same FAB)."""
+        """This project's FAB identity (``client.approval.AppIdentity``), built from its app
+        folder (``simulations.engine.write_app``, at ``<run-dir>/app``) as ``flwr run`` builds
+        it; ``run`` submits that folder: the bytes approved are the bytes sent, even if the
+        working tree changes in between (Flower's builder is deterministic)."""
         if self._project_app is None or rebuild:
-            import io
-            import shutil
-            import zipfile
-
             from client.approval import build_fab, fab_identity
+            from simulations.engine import write_app
 
-            fab = build_fab(PROJECT_ROOT)
-            snapshot = self.run_dir / "app"
-            shutil.rmtree(snapshot, ignore_errors=True)
-            with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
-                bundle.extractall(snapshot)
-            shutil.rmtree(snapshot / ".info", ignore_errors=True)
-            self._project_app = fab_identity(fab)
+            snapshot = write_app(self.run_dir / "app")
+            self._project_app = fab_identity(build_fab(snapshot))
         return self._project_app
 
     def approval_file(self, merchant: str) -> Path:
@@ -453,7 +445,8 @@ def rounds_seconds(run_dir: Path) -> list[float]:
     if not path.exists():
         return []
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [float(e["seconds"]) for e in entries if "seconds" in e]
+    # Training rounds only: the warm start's marginal phases time themselves from elsewhere.
+    return [float(e["seconds"]) for e in entries if "seconds" in e and "phase" not in e]
 
 
 def check_finished(run_dir: Path, rounds: int) -> Path:

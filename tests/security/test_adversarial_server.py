@@ -1,10 +1,11 @@
 """A curious, then malicious server against the real ClientApp.
 
-The attacker's ServerApp below is written as someone in the server's seat would write it:
-plain ``grid.send_and_receive`` with requests of its own making (no fedsynth server code). It
-runs once, on Flower's simulation engine, against two merchants running the real ClientApp
-(policy, reply guard, ledger files), and records what came back; each test then asserts that
-an attack got a refusal or only releases the merchant's ledger accounts for.
+The attacker's ServerApp (``apps/attacker_server.py``) is written as someone in the server's
+seat would write it: plain ``grid.send_and_receive`` with requests of its own making (no
+fedsynth server code). It runs once, in an app folder with ``flwr run`` on a local simulation
+SuperLink, against two merchants running the real ClientApp (policy, reply guard, ledger
+files), and records what came back; each test then asserts that an attack got a refusal or
+only releases the merchant's ledger accounts for.
 """
 
 from __future__ import annotations
@@ -12,123 +13,34 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.serverapp import Grid, ServerApp
 
-from client.app import make_client_app
 from client.merchant import row_wise_holdout
 from client.policy import MerchantPolicy
 from client.state import load_state
-from privacy.statistics import TableStatistics
 from simulations.datasets import load_dataset
-from synth_models.encoder import TableEncoder
+from simulations.engine import write_app
+from simulations.runner import simulate, write_simulated_policy
 from synth_models.federation import (
     AUDIT,
-    CONFIG,
-    DOCUMENT_KEY,
     LEDGER,
     MARGINALS,
     STATISTICS,
     STATUS,
     dumps,
-    loads,
 )
-from synth_models.synthesizer import build_model
 
 pytestmark = pytest.mark.slow
+ATTACKER = Path(__file__).parent / "apps" / "attacker_server.py"
 ROWS = 1500
 MERCHANTS = 2
-CARD = "SECRET-CARD-4111-1111-1111-1111"
-
-
-def _docs(reply: Message) -> dict:
-    if reply.has_error():
-        return {"error": reply.error.reason}
-    out = {name: loads(str(r[DOCUMENT_KEY])) for name, r in reply.content.config_records.items()}
-    out["records"] = sorted(reply.content.keys())
-    return out
-
-
-def attacker_app(results_path: Path, schema: dict, metadata: dict) -> ServerApp:
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        while len(nodes := sorted(grid.get_node_ids())) < MERCHANTS:
-            time.sleep(0.5)
-        results: dict[str, list] = {}
-
-        def ask(name: str, message_type: str, document: dict, arrays=None) -> list[dict]:
-            content = RecordDict({CONFIG: ConfigRecord({DOCUMENT_KEY: dumps(document)})})
-            if arrays is not None:
-                content["arrays"] = ArrayRecord(arrays)
-            messages = [
-                Message(content, message_type=message_type, dst_node_id=node) for node in nodes
-            ]
-            replies = [_docs(r) for r in grid.send_and_receive(messages, timeout=600)]
-            results.setdefault(name, []).extend(replies)
-            return replies
-
-        stats = {"epsilon": 1.0, "delta": 1e-5, "statistics_share": 0.05, "seed": 0}
-        # 1. Replay the seed: the very same request twice, as a seed-replaying attacker would.
-        first = ask("replay", "query.statistics", {**stats, "schema": schema})
-        ask("replay", "query.statistics", {**stats, "schema": schema})
-        # 2. Crafted schemas probing values: a narrow range, a guessed category.
-        narrow = json.loads(json.dumps(schema))
-        next(c for c in narrow["columns"] if c["name"] == "price")["bounds"] = [0.0, 20.0]
-        ask("crafted-schema", "query.statistics", {**stats, "schema": narrow})
-        guessed = json.loads(json.dumps(schema))
-        next(c for c in guessed["columns"] if c["name"] == "name")["categories"] = [CARD]
-        ask("crafted-schema", "query.statistics", {**stats, "schema": guessed})
-        # 3. Marginals of any shape, on an encoder built from the merchants' own releases.
-        merged = TableStatistics.from_dict(first[0][STATISTICS])
-        encoder = TableEncoder.from_statistics(schema_obj(schema), merged)
-        base = {"schema": schema, "encoder": encoder.to_dict(), "model": "marginal",
-                "model_options": {}, "epsilon": 1.0, "delta": 1e-5, "seed": 0,
-                "target_epsilon": 0.3}  # fmt: skip
-        ask("marginals", "query.marginals", {**base, "phase": "selection"})
-        ask("marginals-odd", "query.marginals", {**base, "phase": "measurement",
-                                                 "tree": [[0, 1, 2], [0, 99]]})  # fmt: skip
-        ask("marginals-odd", "query.marginals", {**base, "phase": "everything"})
-        # An encoder whose domain holds only a guessed value: does any row hold it?
-        probe = json.loads(json.dumps(encoder.to_dict()))
-        probe["transforms"]["month"].update(categories=[99], frequencies=[1.0])
-        ask("encoder-probe", "query.marginals", {**base, "encoder": probe, "phase": "selection"})
-        # 4. The audit, again and again, on weights of the attacker's choosing.
-        network = build_model("vae", encoder, {})
-        audit = {"schema": schema, "encoder": encoder.to_dict(), "metadata": metadata,
-                 "model": "vae", "model_options": {}, "seed": 0, "target": "type",
-                 "sensitive": [], "sample_rows": 300}  # fmt: skip
-        for _ in range(2):
-            ask("evaluate", "evaluate", audit, arrays=network.state_dict())
-        # 5. Spend the budget, then ask for exact (epsilon = inf) and weak (delta = 0.5)
-        # releases from the spent ledger.
-        ask("spend", "query.marginals",
-            {**base, "phase": "measurement", "tree": [[0, 1]], "target_epsilon": 1.0})  # fmt: skip
-        ask("spent", "query.statistics", {**stats, "schema": schema})
-        ask("spent-inf", "query.statistics",
-            {**stats, "epsilon": math.inf, "schema": schema})  # fmt: skip
-        ask("spent-delta", "query.statistics", {**stats, "delta": 0.5, "schema": schema})
-        results_path.write_text(json.dumps(results, default=str))
-
-    return app
-
-
-def schema_obj(schema: dict):
-    from synth_models.schema import TableSchema
-
-    return TableSchema.from_dict(schema)
 
 
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory):
-    from flwr.simulation import run_simulation
-
     root = tmp_path_factory.mktemp("attacked")
     data = load_dataset("pizzaplace")
     (root / "merchants").mkdir()
@@ -138,21 +50,24 @@ def attack(tmp_path_factory):
         part.to_csv(root / "merchants" / f"merchant-{i}.csv", index=False)
         tables[f"merchant-{i}"] = part.reset_index(drop=True)
     results = root / "results.json"
-    run_simulation(
-        server_app=attacker_app(results, data.schema().to_dict(), data.metadata),
-        client_app=make_client_app(
-            data_dir=str(root / "merchants"),
-            state_dir=str(root / "state"),
-            torch_threads=1,
-            holdout_fraction=0.2,
-            policy=MerchantPolicy(epsilon_budget=1.0),
-        ),
-        num_supernodes=MERCHANTS,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2},
-        },
+    write_simulated_policy(root / "state", MerchantPolicy(epsilon_budget=1.0))
+    inputs = {"results-path": "", "attack-schema": "", "attack-metadata": ""}
+    app = write_app(
+        root / "app",
+        modules={"attacker_server.py": ATTACKER},
+        components={"serverapp": "attacker_server:app"},
+        config=inputs,
     )
+    run_config = {
+        "data-dir": str(root / "merchants"),
+        "state-dir": str(root / "state"),
+        "torch-threads": 1,
+        "holdout-fraction": 0.2,
+        "results-path": str(results),
+        "attack-schema": json.dumps(data.schema().to_dict()),
+        "attack-metadata": json.dumps(data.metadata),
+    }
+    simulate(root, run_config=run_config, num_supernodes=MERCHANTS, app=app, timeout=900)
     return {
         "results": json.loads(results.read_text()),
         "root": root,

@@ -1,6 +1,7 @@
-"""End-to-end federations through Flower's simulation engine (the Federation issue's tests).
+"""End-to-end federations, the supported way: this project's app folder run with ``flwr run``
+on one local simulation SuperLink for the module (the Federation issue's tests).
 
-Two module-scoped setups keep the number of simulations at four:
+Three module-scoped setups keep the number of simulations at five:
 
 * ``federation``: one 2-round run with three good merchants and one whose table lacks the
   ``price`` column, every reply recorded by an inspector mod on its way out of the merchant.
@@ -27,12 +28,13 @@ import pytest
 import torch
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.app import make_client_app
 from client.state import MerchantState
 from privacy.ledger import RDP_ORDERS
-from server.app import ARTIFACT, make_server_app
+from server.app import ARTIFACT
+from simulations import runner
 from simulations.datasets import load_dataset
-from simulations.runner import simulated_policy
+from simulations.engine import LocalSimulation, write_app
+from simulations.runner import simulated_policy, write_simulated_policy
 from synth_models.artifact import load_artifact
 from synth_models.federation import (
     ARRAYS,
@@ -53,6 +55,7 @@ from synth_models.federation import (
 from synth_models.marginals import MEASUREMENT_LABEL, SELECTION_LABEL
 from synth_models.synthesizer import STATISTICS_LABEL, TabularSynthesizer
 from synth_models.training import TRAINING_LABEL
+from tests.simulations.apps.inspected_client import REPLIES
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +66,7 @@ BUDGET, DELTA, SHARE = 3.0, 1e-5, 0.1
 GOOD_ROWS = (400, 450, 500)  # merchants 0..2; merchant 3 has a bad table
 MODEL_OPTIONS = {"generator_hidden": [32, 32], "discriminator_hidden": [32, 32], "noise_dim": 16}
 GOOD = [f"merchant-{i}" for i in range(len(GOOD_ROWS))]
+INSPECTED = Path(__file__).parent / "apps" / "inspected_client.py"
 HOLDOUT = 0.2  # each merchant's share of rows kept out of training for its audit
 
 
@@ -86,26 +90,37 @@ def run_config(run_dir: Path, merchants: int, **overrides) -> dict:
     }
 
 
-def simulate(
-    config: dict, *, data_dir: Path, state_dir: Path, merchants: int, mods=(), holdout=0.0
-):
-    from flwr.simulation import run_simulation
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """One local simulation SuperLink for every run of this module."""
+    with LocalSimulation(tmp_path_factory.mktemp("flwr")) as running:
+        yield running
 
-    run_simulation(
-        server_app=make_server_app(config),
-        client_app=make_client_app(
-            data_dir=str(data_dir),
-            state_dir=str(state_dir),
-            torch_threads=1,
-            holdout_fraction=holdout,
-            policy=simulated_policy(config),
-            mods=list(mods),
-        ),
-        num_supernodes=merchants,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2},
-        },
+
+def simulate(
+    config: dict,
+    *,
+    engine: LocalSimulation,
+    data_dir: Path,
+    state_dir: Path,
+    merchants: int,
+    inspected: bool = False,
+    holdout: float = 0.0,
+) -> None:
+    """``flwr run`` of this project (with the inspecting ClientApp when ``inspected``)."""
+    run_dir = Path(config["run-dir"])
+    write_simulated_policy(state_dir, simulated_policy(config))
+    extra = {"components": {"clientapp": "inspected_client:app"}} if inspected else {}
+    app = write_app(run_dir.parent / "app", modules={"inspected_client.py": INSPECTED}, **extra)
+    run_config = {
+        **config,
+        "data-dir": str(data_dir),
+        "state-dir": str(state_dir),
+        "torch-threads": 1,
+        "holdout-fraction": holdout,
+    }
+    runner.simulate(
+        run_dir, run_config=run_config, num_supernodes=merchants, engine=engine, app=app
     )
 
 
@@ -121,47 +136,6 @@ def write_merchants(directory: Path, sizes, *, seed: int) -> list[pd.DataFrame]:
         tables.append(pd.read_csv(directory / f"merchant-{i}.csv"))
         start += size
     return tables
-
-
-def make_inspector(out_dir: str):
-    """A client mod recording every reply as it leaves the merchant (outermost mod: it sees
-    what the reply guard let through). It runs in Ray actor processes, so it writes JSON lines
-    to files, and is self-contained (pickled by value)."""
-
-    def inspector(msg, context, call_next):
-        import json as _json
-        import os as _os
-
-        reply = call_next(msg, context)
-        entry = {
-            "partition": context.node_config.get("partition-id"),
-            "message_type": msg.metadata.message_type,
-            "error": reply.error.reason if reply.has_error() else None,
-            "records": {},
-        }
-        if not reply.has_error():
-            for name, record in reply.content.items():
-                kind = type(record).__name__
-                if kind == "ArrayRecord":
-                    body = {
-                        k: {"shape": list(a.shape), "dtype": a.dtype} for k, a in record.items()
-                    }
-                elif kind == "MetricRecord":
-                    body = dict(record.items())
-                elif kind == "ConfigRecord":
-                    body = {
-                        k: v if isinstance(v, str | int | float | bool) else repr(v)
-                        for k, v in record.items()
-                    }
-                else:
-                    body = repr(record)
-                entry["records"][name] = {"type": kind, "body": body}
-        path = _os.path.join(out_dir, f"replies-{_os.getpid()}.jsonl")
-        with open(path, "a") as handle:
-            handle.write(_json.dumps(entry) + "\n")
-        return reply
-
-    return inspector
 
 
 def read_rounds(run_dir: Path) -> list[dict]:
@@ -197,11 +171,9 @@ def opacus_epsilon(statistics, sgd_sigma: float, sgd_rate: float, sgd_steps: int
 # Setup 1: three merchants and a bad one, two rounds, an inspector on every reply.
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def federation(tmp_path_factory, engine):
     root = tmp_path_factory.mktemp("federation")
     data_dir, state_dir, run_dir = root / "merchants", root / "state", root / "run"
-    replies_dir = root / "replies"
-    replies_dir.mkdir()
     tables = write_merchants(data_dir, GOOD_ROWS, seed=1)
     # merchant-3: a table without the price column
     bad = load_dataset("pizzaplace").table.iloc[:300].drop(columns=["price"])
@@ -213,15 +185,16 @@ def federation(tmp_path_factory):
             merchants,
             **{"min-train-replies": 2, "audit": True, "target": "type", "audit-rows": 256},
         ),
+        engine=engine,
         data_dir=data_dir,
         state_dir=state_dir,
         merchants=merchants,
-        mods=[make_inspector(str(replies_dir))],
+        inspected=True,
         holdout=HOLDOUT,
     )
     replies = [
         json.loads(line)
-        for path in sorted(replies_dir.glob("replies-*.jsonl"))
+        for path in sorted((state_dir / REPLIES).glob("replies-*.jsonl"))
         for line in path.read_text().splitlines()
     ]
     return {
@@ -459,12 +432,12 @@ def _snapshot(run_dir: Path, state_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
+def resumed(tmp_path_factory, engine):
     root = tmp_path_factory.mktemp("resume")
     data_dir, state_dir, run_dir = root / "merchants", root / "state", root / "run"
     write_merchants(data_dir, RESUME_ROWS, seed=2)
     n = len(RESUME_ROWS)
-    places = {"data_dir": data_dir, "state_dir": state_dir, "merchants": n}
+    places = {"engine": engine, "data_dir": data_dir, "state_dir": state_dir, "merchants": n}
     simulate(run_config(run_dir, n, **{"num-rounds": 3, "stop-after-round": 2}), **places)
     first = _snapshot(run_dir, state_dir)
     simulate(run_config(run_dir, n, **{"num-rounds": 3, "resume": True}), **places)
@@ -604,7 +577,7 @@ WARM = GOOD[: len(WARM_ROWS)]
 
 
 @pytest.fixture(scope="module")
-def warm_started(tmp_path_factory):
+def warm_started(tmp_path_factory, engine):
     root = tmp_path_factory.mktemp("warm")
     data_dir, state_dir, run_dir = root / "merchants", root / "state", root / "run"
     write_merchants(data_dir, WARM_ROWS, seed=3)
@@ -612,7 +585,7 @@ def warm_started(tmp_path_factory):
     config = run_config(
         run_dir, n, **{"num-rounds": 1, "warm-start-share": WARM_SHARE, "warm-start-epochs": 1}
     )
-    simulate(config, data_dir=data_dir, state_dir=state_dir, merchants=n)
+    simulate(config, engine=engine, data_dir=data_dir, state_dir=state_dir, merchants=n)
     return {
         "rounds": read_rounds(run_dir),
         "synth": TabularSynthesizer.load(run_dir / ARTIFACT),
