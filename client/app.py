@@ -112,10 +112,11 @@ def make_client_app(
     lock_timeout: float = 60.0,
     mods: list | None = None,
 ) -> ClientApp:
-    """A ClientApp; ``data_dir``/``state_dir`` are defaults for simulations, where the run
-    config is empty (``run_simulation``); ``torch_threads`` caps each merchant's threads when
-    several share one machine. ``policy`` is the merchants' privacy policy under their own node
-    config (a simulation plays the merchants and sets it here; default ``MerchantPolicy()``).
+    """A ClientApp; ``data_dir``/``state_dir``/``torch_threads`` are defaults for the run
+    config's ``data-dir``/``state-dir``/``torch-threads`` (tests call the app in process);
+    ``torch_threads`` caps each merchant's threads when several share one machine. ``policy``
+    is the merchants' privacy policy under their own node config (default: a simulation's
+    ``<state-dir>/policy.toml``, else ``MerchantPolicy()``).
     ``lock_timeout``: how long a message waits for a ledger file another run holds."""
 
     def policy_for(context: Context) -> MerchantPolicy:

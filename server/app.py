@@ -426,13 +426,13 @@ def federated_audit(
     return html
 
 
-def make_server_app(overrides: dict | None = None) -> ServerApp:
-    """A ServerApp whose settings are the run config with ``overrides`` on top."""
+def make_server_app() -> ServerApp:
+    """The ServerApp: its settings are the run config (``[tool.flwr.app.config]``)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
+        config = FederationConfig.from_run_config(dict(context.run_config))
         with run_log(config.resolve(config.run_dir)):
             run_federation(PromptGrid(grid), config)
 
