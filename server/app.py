@@ -231,7 +231,12 @@ def run_federation(grid: Grid, config: FederationConfig) -> Path:
         }
         _append_jsonl(run_dir / "rounds.jsonl", entry)
         outcome = "trained" if entry.get("aggregated", True) else "NOT trained (model unchanged)"
-        logger.info("round %d/%d %s; checkpoint %s", number, config.num_rounds, outcome, artifact)
+        elapsed = time.perf_counter() - started
+        left = (remaining - server_round) * elapsed / server_round
+        logger.info(
+            "round %d/%d %s (epsilon %s, %.0f s, about %.0f s left); checkpoint %s",
+            number, config.num_rounds, outcome, _eps(entry["epsilon"]), elapsed, left, artifact,
+        )  # fmt: skip
         for merchant, result in sorted(entry.get("merchants", {}).items()):
             details = ", ".join(
                 f"{k} {v:.4g}" for k, v in result.items() if k == "epsilon" or k.endswith("loss")
@@ -424,6 +429,10 @@ def federated_audit(
     audited = sorted(m for m, state in states.items() if state == "ok")
     logger.info("audit: local reports by %s; federated report %s", audited or "nobody", html)
     return html
+
+
+def _eps(epsilon: float | None) -> str:
+    return "n/a" if epsilon is None else f"{epsilon:.4f}"
 
 
 def make_server_app() -> ServerApp:

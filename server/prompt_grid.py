@@ -5,11 +5,14 @@ alike) sleeps a fixed 3 s between pulls in ``send_and_receive``
 (``flwr/superlink/grid/http_grid.py``), so every message exchange costs a multiple of 3 s
 however fast the merchants answer. ``PromptGrid`` wraps any Grid and pulls with a short,
 growing interval instead (``poll`` doubling up to ``max_poll``): a quick exchange returns in
-tens of milliseconds, a long local training round costs at most one pull a second.
+tens of milliseconds, a long local training round costs at most one pull a second. An
+exchange that takes longer than ``PROGRESS_AFTER`` seconds logs how many replies are in, at
+each new one and at least every ``PROGRESS_EVERY`` seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -18,6 +21,10 @@ from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+logger = logging.getLogger(__name__)
+PROGRESS_AFTER = 5.0  # seconds
+PROGRESS_EVERY = 30.0  # seconds
 
 
 class PromptGrid(Grid):
@@ -62,16 +69,32 @@ class PromptGrid(Grid):
     ) -> Iterable[Message]:
         """Push ``messages``, then pull until every reply is in or ``timeout`` seconds have
         passed (None: no limit), as Flower's own ``send_and_receive`` does."""
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
         waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         replies: list[Message] = []
-        interval = self.poll
+        interval, reported = self.poll, (0, started)
         while waiting and (deadline is None or time.monotonic() < deadline):
             pulled = list(self.pull_messages(waiting))
             replies.extend(pulled)
             waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            reported = _progress(kind, len(replies), len(messages), started, reported)
             if waiting:
                 remaining = math.inf if deadline is None else deadline - time.monotonic()
                 time.sleep(max(0.0, min(interval, remaining)))
                 interval = min(2 * interval, self.max_poll)
         return replies
+
+
+def _progress(kind: str, done: int, total: int, started: float, reported: tuple) -> tuple:
+    """Log ``done/total`` replies once the exchange is slow, at a new reply or every
+    ``PROGRESS_EVERY`` s; returns what was last reported (count, time)."""
+    now = time.monotonic()
+    last_count, last_time = reported
+    slow = now - started >= PROGRESS_AFTER
+    if slow and (done > last_count or now - last_time >= PROGRESS_EVERY):
+        logger.info("%s: %d/%d merchants replied (%.0f s)", kind, done, total, now - started)
+        return done, now
+    return reported

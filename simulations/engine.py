@@ -188,4 +188,15 @@ def _relay(proc: subprocess.Popen, log: Path) -> None:
             out.write(line + "\n")
             out.flush()
             if MARKER in line:
-                logger.info("%s", line.split(MARKER, 1)[1].strip())
+                _replay(line.split(MARKER, 1)[1].strip())
+
+
+def _replay(text: str) -> None:
+    """A ServerApp record (``LEVEL name: message``, ``server.run_log``) to the same logger here."""
+    level, _, rest = text.partition(" ")
+    name, _, message = rest.partition(": ")
+    number = logging.getLevelName(level)
+    if not isinstance(number, int) or not name:
+        logger.info("%s", text)
+        return
+    logging.getLogger(name).log(number, "%s", message)

@@ -7,7 +7,10 @@ from types import SimpleNamespace
 
 from flwr.serverapp import Grid
 
+import server.prompt_grid as prompt_grid
 from server.prompt_grid import PromptGrid
+
+TRAIN = SimpleNamespace(metadata=SimpleNamespace(message_type="train"))
 
 
 class SlowMerchants(Grid):
@@ -51,7 +54,7 @@ class SlowMerchants(Grid):
 def test_replies_come_back_promptly_with_few_pulls() -> None:
     inner = SlowMerchants([0.0, 0.2, 0.5])
     started = time.monotonic()
-    replies = PromptGrid(inner).send_and_receive([object()] * 3, timeout=10)
+    replies = PromptGrid(inner).send_and_receive([TRAIN] * 3, timeout=10)
     took = time.monotonic() - started
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2"]
     assert 0.5 <= took < 1.2  # Flower's own grid: 3 s at least
@@ -61,7 +64,7 @@ def test_replies_come_back_promptly_with_few_pulls() -> None:
 def test_a_timeout_returns_what_came_in() -> None:
     inner = SlowMerchants([0.0, 60.0])
     started = time.monotonic()
-    replies = PromptGrid(inner, max_poll=0.1).send_and_receive([object()] * 2, timeout=0.5)
+    replies = PromptGrid(inner, max_poll=0.1).send_and_receive([TRAIN] * 2, timeout=0.5)
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
     assert 0.5 <= time.monotonic() - started < 1.0
 
@@ -71,3 +74,12 @@ def test_everything_else_is_the_wrapped_grids() -> None:
     grid = PromptGrid(inner)
     grid.set_run("run-7")
     assert grid.run == "run-7" and list(grid.get_node_ids()) == [0, 1]
+
+
+def test_a_slow_exchange_shows_its_progress(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(prompt_grid, "PROGRESS_AFTER", 0.1)
+    caplog.set_level("INFO", logger="server.prompt_grid")
+    PromptGrid(SlowMerchants([0.0, 0.3, 0.6])).send_and_receive([TRAIN] * 3, timeout=10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("train: 2/3 merchants replied") for line in lines)
+    assert lines[-1].startswith("train: 3/3 merchants replied")
