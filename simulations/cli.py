@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from simulations.datasets import DATASETS, Dataset, load_dataset, load_user_dataset
 from simulations.preflight import (
     EXIT_USAGE,
@@ -44,14 +46,20 @@ def _data_source(args: argparse.Namespace) -> str:
     return args.data or f"dataset {args.dataset}"
 
 
-def _run_dir(out: str | None, label: str) -> Path:
-    path = Path(out) if out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+def _start_run(args: argparse.Namespace, label: str) -> Path:
+    """The run folder (``--out``, else ``runs/<time>-<label>``), logging into its run.log."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(args.out) if args.out else Path("runs") / f"{stamp}-{label}"
     path.mkdir(parents=True, exist_ok=True)
+    _log_to(path / "run.log", args.verbose)
     return path
 
 
-def _log_to(run_dir: Path, verbose: bool) -> None:
-    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "run.log")]
+def _log_to(log_file: Path | None, verbose: bool) -> None:
+    """Records to stderr, and to ``log_file`` when given."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -60,14 +68,18 @@ def _log_to(run_dir: Path, verbose: bool) -> None:
     )
     for noisy in ("opacus", "matplotlib", "PIL", "rdt", "sdv", "sdmetrics", "copulas"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Flower prints to the console itself; its records go to the run log once, not twice.
-    flower = logging.getLogger("flwr")
-    flower.propagate = False
-    flower.addHandler(handlers[1])
+    if log_file is not None:
+        # Flower prints to the console itself; its records go to the run log once, not twice.
+        flower = logging.getLogger("flwr")
+        flower.propagate = False
+        flower.addHandler(handlers[-1])
 
 
-def _epsilon(text: str) -> float:
-    return epsilon_value(text)  # > 0, or inf; NaN, 0 and negatives are refused
+def _check_columns(flag: str, given, columns: list[str], where: str) -> None:
+    """Every column named by ``flag`` is one of ``columns`` (those of ``where``)."""
+    unknown = sorted(set(given) - set(columns))
+    if unknown:
+        raise UsageError(f"{flag}: no column(s) {unknown} in {where} (columns: {columns})")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -82,11 +94,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="target column for utility metrics")
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, command: str) -> None:
+    """The model, its budget and training; ``--out``, the run folder of ``command``."""
+    parser.add_argument("--out", help=f"run folder (default: runs/<time>-{command}-...)")
     parser.add_argument("--model", choices=("marginal", "vae", "gan"), default="marginal")
     parser.add_argument(
         "--epsilon",
-        type=_epsilon,
+        type=epsilon_value,
         default=1.0,
         help="privacy budget per data owner ('inf' disables DP)",
     )
@@ -113,8 +127,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     dataset = _dataset(args)
     check_fit(dataset, source=_data_source(args))
-    run_dir = _run_dir(args.out, f"fit-{dataset.name}-{args.model}")
-    _log_to(run_dir, args.verbose)
+    run_dir = _start_run(args, f"fit-{dataset.name}-{args.model}")
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size)
     logger.info(
         "fitting %s on %s (%d rows), epsilon=%s",
@@ -202,9 +215,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         federation=federation,
     )
-    check_simulation(dataset, settings, source=_data_source(args))  # before anything starts
-    run_dir = _run_dir(args.out, f"simulate-{dataset.name}-{args.model}")
-    _log_to(run_dir, args.verbose)
+    parts = check_simulation(dataset, settings, source=_data_source(args))  # before anything starts
+    run_dir = _start_run(args, f"simulate-{dataset.name}-{args.model}")
     logger.info(
         "simulating %d merchants (%s) on %s: %s, epsilon=%s, %d rounds x %d local epochs",
         merchants,
@@ -215,7 +227,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         args.rounds,
         args.local_epochs,
     )
-    summary = run_simulation_job(dataset, settings, run_dir)
+    summary = run_simulation_job(dataset, settings, run_dir, parts=parts)
     rounds = summary["rounds"]
     if (rounds["rounds_trained"] or 0) < (rounds["num_rounds"] or 0):
         logger.warning(
@@ -241,24 +253,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Audit report for a simulation run folder, or for one real table and its synthetic data."""
     from privacy.audit import audit_table
     from privacy.report import write_report
+    from synth_models.booleans import parse_declared_booleans
     from synth_models.io import load_metadata, read_table
+    from synth_models.schema import TableSchema
     from synth_models.synthesizer import TabularSynthesizer
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _log_to(None, args.verbose)
     if args.run:
         html = audit_run_folder(Path(args.run), out=args.out)
     else:
         if not (args.real and args.metadata and (args.synthetic or args.synthesizer)):
-            raise SystemExit(
+            raise UsageError(
                 "give a run folder, or --real, --metadata and --synthetic or --synthesizer"
             )
         metadata = load_metadata(args.metadata)
         table_name = next(iter(metadata["tables"]))
-        real = read_table(args.real)
-        holdout = read_table(args.holdout) if args.holdout else real.iloc[:0]
+        schema = TableSchema.from_metadata(metadata, table_name)
+
+        def read(path: str) -> pd.DataFrame:  # booleans spelled yes/no as the merchants read them
+            return parse_declared_booleans(read_table(path), schema)
+
+        real = read(args.real)
+        holdout = read(args.holdout) if args.holdout else real.iloc[:0]
         claimed = {}
         if args.synthesizer:
             synth = TabularSynthesizer.load(args.synthesizer)
@@ -268,7 +284,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
             }
         else:
-            synthetic = read_table(args.synthetic)
+            synthetic = read(args.synthetic)
         audit = audit_table(
             real,
             holdout,
@@ -313,12 +329,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     synth = TabularSynthesizer.load(args.artifact)
     conditions = dict(c.split("=", 1) for c in args.condition)
-    unknown = sorted(set(conditions) - set(synth.encoder_.schema.names))
-    if unknown:
-        raise UsageError(
-            f"--condition: no column(s) {unknown} in the synthesizer "
-            f"(columns: {synth.encoder_.schema.names})"
-        )
+    _check_columns("--condition", conditions, synth.encoder_.schema.names, "the synthesizer")
     for column, value in list(conditions.items()):
         categories = (
             synth.encoder_.transforms[column].categories
@@ -394,8 +405,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from simulations.benchmarks.compare import config_from_args, run_benchmark
 
     dataset = _dataset(args)
-    run_dir = _run_dir(args.out, f"benchmark-{dataset.name}")
-    _log_to(run_dir, args.verbose)
+    run_dir = _start_run(args, f"benchmark-{dataset.name}")
     run_benchmark(dataset, config_from_args(args), run_dir, data_args=args)
     print(f"results: {run_dir / 'results.md'}")
     return 0
@@ -416,13 +426,11 @@ def cmd_metadata(args: argparse.Namespace) -> int:
     private_path = private_declarations_path(out)
     existing = [str(p) for p in (out, private_path) if p.exists()]
     if existing and not args.force:
-        raise SystemExit(f"{', '.join(existing)} exist(s): pass --force to overwrite")
+        raise UsageError(f"{', '.join(existing)} exist(s): pass --force to overwrite")
     table = read_table(data)
     draft = draft_metadata(table, table_name=args.table_name or data.name.split(".")[0])
     public = [name.strip() for text in args.public for name in text.split(",") if name.strip()]
-    unknown = sorted(set(public) - set(draft.names))
-    if unknown:
-        raise SystemExit(f"--public: no column(s) {unknown} in {data} (columns: {draft.names})")
+    _check_columns("--public", public, draft.names, str(data))
     metadata = draft.metadata(public=public)
     TableSchema.from_metadata(metadata_from_dict(metadata, source=str(out)))  # as simulate reads it
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -461,14 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit a DP synthesizer on one table (a federation of one)")
     _add_data_args(fit)
-    _add_model_args(fit)
+    _add_model_args(fit, "fit")
     fit.add_argument("--rows", type=count_value, default=None, help="synthetic rows to write")
-    fit.add_argument("--out", help="run folder (default: runs/<time>-fit-...)")
     fit.set_defaults(func=cmd_fit)
 
     simulate = sub.add_parser("simulate", help="federated simulation with N merchants")
     _add_data_args(simulate)
-    _add_model_args(simulate)
+    _add_model_args(simulate, "simulate")
     simulate.set_defaults(epochs=None)
     simulate.add_argument("--merchants", type=count_value, default=None, help="default: 5")
     simulate.add_argument(
@@ -490,7 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in --out"
     )
-    simulate.add_argument("--out", help="run folder (default: runs/<time>-simulate-...)")
     simulate.set_defaults(func=cmd_simulate)
 
     audit = sub.add_parser("audit", help="audit report (HTML + JSON) for a run or a table pair")
@@ -575,6 +581,9 @@ USER_ERRORS = (
 )
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
 def _user_error(error: Exception) -> bool:
     kinds = (getattr(sys.modules.get(module), name, None) for module, name in USER_ERRORS)
     return any(kind is not None and isinstance(error, kind) for kind in kinds)
@@ -595,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or not isinstance(stop.code, str):
             raise
         raise _exit(args, UsageError(stop.code)) from None
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # What the command started is stopped by now (the engine's processes on the way out).
+        print(f"fedsynth {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _exit(args: argparse.Namespace, error: Exception) -> SystemExit:

@@ -14,7 +14,10 @@ import argparse
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import pandas as pd
 
 from simulations.datasets import Dataset
 from synth_models.schema import DataError
@@ -36,52 +39,70 @@ class UsageError(ValueError):
 # -- argument types ------------------------------------------------------------------------------
 
 
-def epsilon_value(text: str) -> float:
-    """A privacy budget: a number > 0, or ``inf`` (no DP)."""
-    if text.strip().lower() in ("inf", "infinity", "none"):
-        return math.inf
-    value = _float(text, "a number > 0, or 'inf' for no DP")
-    if not value > 0:  # also NaN
-        raise argparse.ArgumentTypeError(f"must be > 0 (or 'inf' for no DP), got {text!r}")
+def _argument_type(
+    parse: Callable[[str], float],
+    accepts: Callable[[float], bool],
+    *,
+    expected: str,
+    bounds: str,
+    words: dict[str, float] | None = None,
+    doc: str,
+) -> Callable[[str], float]:
+    """An ``argparse`` type: ``text`` parsed by ``parse`` (else "expected <expected>") and in
+    ``accepts`` (else "must be <bounds>"); ``words``: spellings of special values."""
+
+    def value(text: str):
+        word = text.strip().lower()
+        if words and word in words:
+            return words[word]
+        try:
+            number = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accepts(number):  # NaN fails every comparison: refused too
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
+        return number
+
+    value.__doc__ = doc
     return value
 
 
-def delta_value(text: str) -> float:
-    """A DP delta: strictly between 0 and 1."""
-    value = _float(text, "a number in (0, 1)")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), e.g. 1e-5, got {text!r}")
-    return value
-
-
-def count_value(text: str) -> int:
-    """A whole number >= 1 (rounds, merchants, epochs, rows, batch size)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def seed_value(text: str) -> int:
-    """A random seed: a whole number >= 0 (what numpy's generators take)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def holdout_value(text: str) -> float:
-    """A share of rows kept out of training: in [0, 1) (0: no holdout, no membership audit)."""
-    value = _float(text, "a share in [0, 1)")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), e.g. 0.2, got {text!r}")
-    return value
+epsilon_value = _argument_type(
+    float,
+    lambda v: v > 0,
+    expected="a number > 0, or 'inf' for no DP",
+    bounds="> 0 (or 'inf' for no DP)",
+    words=dict.fromkeys(("inf", "infinity", "none"), math.inf),
+    doc="A privacy budget: a number > 0, or ``inf`` (no DP).",
+)
+delta_value = _argument_type(
+    float,
+    lambda v: 0 < v < 1,
+    expected="a number in (0, 1)",
+    bounds="in (0, 1), e.g. 1e-5",
+    doc="A DP delta: strictly between 0 and 1.",
+)
+count_value = _argument_type(
+    int,
+    lambda v: v >= 1,
+    expected="a whole number >= 1",
+    bounds=">= 1",
+    doc="A whole number >= 1 (rounds, merchants, epochs, rows, batch size).",
+)
+seed_value = _argument_type(
+    int,
+    lambda v: v >= 0,
+    expected="a whole number >= 0",
+    bounds=">= 0",
+    doc="A random seed: a whole number >= 0 (what numpy's generators take).",
+)
+holdout_value = _argument_type(
+    float,
+    lambda v: 0 <= v < 1,
+    expected="a share in [0, 1)",
+    bounds="in [0, 1), e.g. 0.2",
+    doc="A share of rows kept out of training: in [0, 1) (0: no holdout, no membership audit).",
+)
 
 
 def condition_value(text: str) -> str:
@@ -90,13 +111,6 @@ def condition_value(text: str) -> str:
     if not sep or not column:
         raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE, got {text!r}")
     return text
-
-
-def _float(text: str, expected: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 # -- checks that need the table ------------------------------------------------------------------
@@ -151,12 +165,13 @@ def simulation_delta(dataset: Dataset, delta: float | None) -> float:
     return delta
 
 
-def check_simulation(dataset: Dataset, settings, *, source: str) -> None:
+def check_simulation(dataset: Dataset, settings, *, source: str) -> list[pd.DataFrame]:
     """The partition the simulation will make, each merchant's table as it will read it, and
     the run configuration the server and the merchants' policy will parse: every problem a
     simulation would otherwise meet after its engine started (``settings``: the
     ``simulations.runner.SimulationSettings`` the run gets; ``source``: where the table was
-    read from)."""
+    read from). Returns the merchants' tables, checked: the run takes them as they are
+    (``run_simulation_job(parts=...)``) rather than partitioning again."""
     from client.merchant import find_table, load_merchant_table
     from client.policy import MerchantPolicy
     from server.config import FederationConfig
@@ -205,3 +220,4 @@ def check_simulation(dataset: Dataset, settings, *, source: str) -> None:
                     source=f"merchant {index}'s table (from {source})",
                     column=error.column,
                 ) from error
+    return parts

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import tomli_w
 
 from client.policy import MerchantPolicy
@@ -55,23 +56,27 @@ def run_simulation_job(
     settings: SimulationSettings,
     run_dir: Path,
     *,
+    parts: list[pd.DataFrame] | None = None,
     engine: LocalSimulation | None = None,
 ) -> dict:
     """Partition, simulate, sample and score; returns the run summary (also in summary.json).
-    ``engine``: a running ``LocalSimulation`` to use (default: one for this run only)."""
+    ``parts``: the merchants' tables, when already made (``preflight.check_simulation``
+    returns them) from ``dataset`` under ``settings``; ``engine``: a running
+    ``LocalSimulation`` to use (default: one for this run only)."""
     from privacy.audit import quality_scores
     from server.app import ARTIFACT
     from synth_models.artifact import load_artifact
     from synth_models.synthesizer import TabularSynthesizer
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    parts = partition_table(
-        dataset.table,
-        settings.partition,
-        num_merchants=settings.merchants,
-        seed=settings.seed,
-        min_rows=settings.min_rows,
-    )
+    if parts is None:
+        parts = partition_table(
+            dataset.table,
+            settings.partition,
+            num_merchants=settings.merchants,
+            seed=settings.seed,
+            min_rows=settings.min_rows,
+        )
     column = parse_partition(settings.partition).column
     logger.info("merchants:\n%s", describe_partitions(parts, column).round(3).to_string())
     write_partitions(parts, run_dir / "merchants")

@@ -54,9 +54,7 @@ def parse_booleans(values: pd.Series) -> pd.Series:
     if unparsed.any():
         return parsed.where(~unparsed, values).astype(object)
     if parsed.isna().any():
-        # Object dtype as pandas reads True/False with empty cells: SDMetrics' distances cannot
-        # take the nullable "boolean" dtype's NA.
-        return parsed.astype(object)
+        return parsed.astype(object)  # as pandas reads True/False with empty cells
     return parsed.astype(bool)
 
 
@@ -69,9 +67,4 @@ def parse_declared_booleans(data: pd.DataFrame, schema: TableSchema) -> pd.DataF
         and column.name in data.columns
         and not pd.api.types.is_bool_dtype(data[column.name])
     }
-    if not changed:
-        return data
-    data = data.copy()
-    for name, values in changed.items():
-        data[name] = values
-    return data
+    return data.assign(**changed) if changed else data

@@ -18,7 +18,9 @@ MIN_HOLDOUT_ROWS = 2
 def _sdmetrics_ready(frame: pd.DataFrame, metadata: dict, table_name: str) -> pd.DataFrame:
     """Datetime text with UTC offsets (``%z``) as UTC datetimes (SDMetrics parses each frame on
     its own, and several offsets, as in summer time, give no datetime dtype), and nullable
-    booleans as objects (SDMetrics' distances cannot take their NA)."""
+    booleans (a synthetic sample's, with missing values) as objects, as pandas reads booleans
+    with empty cells (SDMetrics' distances cannot take their NA). Booleans spelled yes/no are
+    the caller's to read (``synth_models.booleans``: a merchant's validated table has them)."""
     columns = metadata["tables"][table_name]["columns"]
     changed = {}
     for name, spec in columns.items():
@@ -36,12 +38,7 @@ def _sdmetrics_ready(frame: pd.DataFrame, metadata: dict, table_name: str) -> pd
                 values, format=spec["datetime_format"], errors="coerce", utc=True
             )
             changed[name] = stamps.dt.tz_localize(None)
-    if not changed:
-        return frame
-    frame = frame.copy()
-    for name, values in changed.items():
-        frame[name] = values
-    return frame
+    return frame.assign(**changed) if changed else frame
 
 
 def audit_table(

@@ -64,19 +64,29 @@ class ProcessGroup:
         return proc
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+        """SIGTERM every group, and those of their descendants, wait up to ``grace`` seconds,
+        then SIGKILL what is left."""
+        # A SuperLink starts its SuperExec in a session of its own, and with it the simulation
+        # and Ray: found before anything stops (once orphaned they are init's, not its).
+        spawned = descendant_groups([p.pid for p in self.procs.values()])
         for name, proc in reversed(self.procs.items()):
             signal_group(proc, signal.SIGTERM, name)
+        for pgid in spawned:
+            kill_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        # What the SuperExec started (the simulation, Ray) has no one to report to once the
+        # SuperLink is gone: it gets no more time of its own.
         for name, proc in self.procs.items():
             # Also the group: a ClientApp/ServerApp child may outlive its parent.
             signal_group(proc, signal.SIGKILL, name, quiet=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        left = wait_groups_gone([p.pid for p in self.procs.values()], timeout=10.0)
+        for pgid in spawned:
+            kill_group(pgid, signal.SIGKILL)
+        left = wait_groups_gone([p.pid for p in self.procs.values()] + spawned, timeout=10.0)
         if left:
             logger.error("process groups still alive after SIGKILL: %s", left)
         self.procs.clear()
@@ -96,6 +106,34 @@ def signal_group(proc: subprocess.Popen, sig: int, name: str, quiet: bool = Fals
         return
     if not quiet:
         logger.debug("sent %s to %s (pgid %d)", signal.Signals(sig).name, name, proc.pid)
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def descendant_groups(pids: list[int]) -> list[int]:
+    """The process groups of ``pids``' descendants other than theirs and this process' own
+    (read from Linux's ``/proc``; none where there is no ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    groups: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (name) state ppid pgrp ...": the name may hold blanks and parentheses
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        pid = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        groups[pid] = int(fields[2])
+    found: list[int] = []
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if groups[child] not in found:
+                found.append(groups[child])
+    return [g for g in found if g not in pids and g != os.getpgrp()]
 
 
 def group_alive(pgid: int) -> bool:
