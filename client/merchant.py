@@ -110,7 +110,7 @@ def audit_round(
     into ``report_dir``, which stays with the merchant. Returns what may be sent: no number
     computed on a real row, only that the local report exists."""
     from privacy.audit import audit_table  # heavy (SDMetrics); only evaluate rounds need it
-    from privacy.report import write_report
+    from privacy.report import NOTES_KEY, write_report
 
     synth = TabularSynthesizer.from_fitted(
         metadata,
@@ -134,6 +134,7 @@ def audit_round(
         claimed_epsilon=claimed.get("epsilon"),
         seed=seed,
     )
+    report[NOTES_KEY] = encoder.notes  # post-processing of the DP statistics: what they missed
     html, _ = write_report(report, report_dir, title="fedsynth local audit")
     logger.info("local audit report (stays here): %s", html)
     return {"local_report": True}

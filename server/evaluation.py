@@ -23,7 +23,7 @@ from server.releases import MarginalsRecord, load_releases
 from server.schema_round import wait_for_nodes
 from server.strategy import sort_replies
 from synth_models.artifact import load_artifact
-from synth_models.encoder import statistics_inputs
+from synth_models.encoder import TableEncoder, statistics_inputs
 from synth_models.federation import CONFIG, DOCUMENT_KEY, FAILED, OK, REFUSED, dumps
 from synth_models.marginals import column_domains, count_marginals, discretize
 from synth_models.schema import TableSchema
@@ -41,6 +41,10 @@ LABELS = {
     "merchants": (
         "who wrote its local audit report: fidelity, utility and attacks on the merchant's own "
         "rows are the merchant's local view, kept by it and never sent to the server"
+    ),
+    "encoder_notes": (
+        "columns the merged DP statistics could not describe, as the encoder found them "
+        "(post-processing of the DP statistics release)"
     ),
 }
 
@@ -150,9 +154,9 @@ def federated_report(
     sample_rows: int,
     seed: int,
 ) -> dict:
-    """The server's report document: fidelity against the persisted DP releases, the claim,
-    the ledgers, epsilon per round, failures and who audited locally. Nothing in it was
-    computed on a real row outside a DP release."""
+    """The server's report document: fidelity against the persisted DP releases, the columns
+    the DP statistics could not describe, the claim, the ledgers, epsilon per round, failures
+    and who audited locally. Nothing in it was computed on a real row outside a DP release."""
     synth = TabularSynthesizer.load(artifact)
     statistics, marginals = load_releases(run_dir)
     if statistics is None and not marginals:
@@ -162,6 +166,7 @@ def federated_report(
         "kind": "federated",
         "labels": LABELS,
         "dp_fidelity": release_fidelity(statistics, marginals, synthetic, synth.encoder_.schema),
+        "encoder_notes": encoder_notes(synth.encoder_, statistics),
         "claimed": {
             "epsilon": synth.epsilon_spent,
             "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
@@ -175,6 +180,19 @@ def federated_report(
             m: {"state": s, "local_report": s == OK} for m, s in sorted(local_audits.items())
         },
     }
+
+
+def encoder_notes(encoder: TableEncoder, statistics: TableStatistics | None) -> dict[str, str]:
+    """What the DP statistics could not describe, by column: the notes of the encoder the
+    schema round built from the statistics release (what its run log said), then the
+    artifact encoder's own. Both are post-processing of DP releases. The statistics' notes
+    are re-derived because a later re-binning of numeric columns (the marginal model's, from
+    the selection release) builds new transforms without them."""
+    notes = {}
+    if statistics is not None:
+        notes.update(TableEncoder.from_statistics(encoder.schema, statistics).notes)
+    notes.update(encoder.notes)
+    return notes
 
 
 def _verification(synth: TabularSynthesizer) -> dict:

@@ -252,7 +252,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     """Audit report for a simulation run folder, or for one real table and its synthetic data."""
     from privacy.audit import audit_table
-    from privacy.report import write_report
+    from privacy.report import NOTES_KEY, write_report
     from synth_models.booleans import parse_declared_booleans
     from synth_models.io import load_metadata, read_table
     from synth_models.schema import TableSchema
@@ -275,7 +275,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         real = read(args.real)
         holdout = read(args.holdout) if args.holdout else real.iloc[:0]
-        claimed = {}
+        claimed, notes = {}, None
         if args.synthesizer:
             synth = TabularSynthesizer.load(args.synthesizer)
             synthetic = synth.sample(len(real), seed=0)
@@ -283,6 +283,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 "epsilon": synth.epsilon_spent,
                 "delta": max((lg.delta for lg in synth.ledgers_.values()), default=None),
             }
+            notes = synth.encoder_.notes
         else:
             synthetic = read(args.synthetic)
         audit = audit_table(
@@ -296,6 +297,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             claimed_epsilon=claimed.get("epsilon"),
         )
         audit["claimed"] = claimed
+        if notes is not None:  # what the synthesizer's DP statistics could not describe
+            audit[NOTES_KEY] = notes
         html, _ = write_report(audit, Path(args.out or "audit-report"))
     print(f"report: {html}")
     return 0

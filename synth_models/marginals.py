@@ -36,9 +36,9 @@ from synth_models.encoder import (
     QuantileTransform,
     TableEncoder,
     _denoise,
-    _denoise_multiresolution,
     atom_range,
     grid_for,
+    numeric_shape,
 )
 from synth_models.schema import DATETIME, datetime_seconds, numeric_values
 
@@ -302,7 +302,8 @@ def rebin_from_atoms(
     grid that stand out of ``release``'s noise, denoised as the encoder denoises its
     statistics: atoms one by one (plus the declared end values, kept with at least
     ``end_share`` of the mass), other grids at the finest resolution that shows mass. Returns
-    the columns replaced."""
+    the columns replaced (a column whose grid table shows nothing above the noise keeps its
+    transform, and with it the note that says so)."""
     if len(names) != len(release.atom_tables):
         raise ValueError(f"{len(release.atom_tables)} grid tables for the columns {names}")
     replaced = []
@@ -315,7 +316,10 @@ def rebin_from_atoms(
             ends = masses[[0, -1]]
             masses[[0, -1]] = np.maximum(ends, masses.sum() * end_share)
         else:
-            masses = _denoise_multiresolution(counts, release.noise_var / atom_weight)
+            shape = numeric_shape(counts, release.noise_var / atom_weight)
+            if not shape.described:
+                continue  # nothing stands out here: the statistics' transform (and note) stay
+            masses = shape.masses
         lows, highs = grid_for(spec).bin_bounds()
         if spec.bounds is not None:
             lows, highs = np.maximum(lows, spec.bounds[0]), np.minimum(highs, spec.bounds[1])

@@ -17,6 +17,11 @@ import pytest
 from privacy.report import (
     FEDERATED_VIEW,
     LOCAL_VIEW,
+    MIN_COLUMN_SHAPE,
+    MIN_QUALITY,
+    WARN_COLUMN_SHAPE,
+    WARNING,
+    dp_column_limit,
     federated_verdict,
     render_federated_html,
     render_html,
@@ -27,6 +32,20 @@ from privacy.report import (
 
 PLOT_KINDS = ("epsilon-rounds", "distributions", "pair-trends", "roc", "dcr-histogram")
 IMG_RE = re.compile(r'<img [^>]*data-plot="([a-z-]+)"[^>]*src="data:image/png;base64,([^"]+)"')
+
+UNDESCRIBED = (
+    "column 'price': the DP statistics cannot describe its values (no bin stands out of the "
+    "noise); its synthetic values are a coarse guess in [9.75, 35.95]."
+)
+ALL_OTHER = "column 'name': no value is frequent enough at any merchant to be found under DP"
+
+
+def _box(html: str) -> str:
+    return html.split('id="verdict"')[1].split("</section>")[0]
+
+
+def _section(html: str, name: str) -> str:
+    return html.split(f'id="{name}"')[1].split("</section>")[0]
 
 
 def _roc(rng: np.random.Generator, n: int = 100) -> dict:
@@ -160,6 +179,7 @@ def make_audit(seed: int = 0) -> dict:
         "heuristics": heuristics,
         "failures": [],
         "seconds": {"fidelity": 3.1, "utility": 5.4, "attack": 2.2},
+        "encoder_notes": {},
     }
 
 
@@ -219,6 +239,8 @@ def test_verdict_of_a_good_audit():
     assert v["empirical_epsilon_lower_bound"] == 0.0
     assert v["ledger_epsilon_max"] == 0.99
     assert v["failed_checks"] == [] and v["status"] == "pass" and not v["critical"]
+    assert v["warnings"] == [] and v["not_checked"] == []
+    assert v["low_columns"] == [] and v["undescribed_columns"] == []
 
 
 def test_html_shows_verdict_values_and_one_image_per_plot_kind(written):
@@ -368,6 +390,78 @@ def test_one_table_report_is_labelled_the_owners_local_view(written):
     assert html.index('id="view"') < html.index('id="verdict"')
 
 
+def test_the_quality_floor_fails_a_run_below_it():
+    audit = make_audit()
+    audit["fidelity"]["quality"] = MIN_QUALITY - 0.01
+    [check] = verdict(audit)["failed_checks"]
+    assert check["check"] == "quality" and check["limit"] == MIN_QUALITY
+    audit["fidelity"]["quality"] = MIN_QUALITY + 0.01
+    assert verdict(audit)["status"] == "pass"
+
+
+def test_a_collapsed_column_fails_the_verdict_naming_it():
+    audit = make_audit()
+    audit["fidelity"]["column_shapes"]["type"] = MIN_COLUMN_SHAPE / 2
+    v = verdict(audit)
+    assert v["status"] == "fail" and not v["critical"] and v["low_columns"] == ["type"]
+    [check] = v["failed_checks"]
+    assert (check["check"], check["column"], check["severity"]) == ("column_shape", "type", "fail")
+    assert "'type'" in check["message"] and check["limit"] == MIN_COLUMN_SHAPE
+    box = _box(render_html(audit, title="t"))
+    assert "FAILED CHECKS" in box and "column &#x27;type&#x27;: shape score" in box
+
+
+def test_a_column_the_merchants_are_split_by_is_only_a_warning():
+    # A merchant's rows all of one type: the federation's synthetic rows have every type.
+    audit = make_audit()
+    audit["fidelity"]["distributions"]["type"]["real"] = [1.0, 0.0, 0.0, 0.0]
+    audit["fidelity"]["column_shapes"]["type"] = MIN_COLUMN_SHAPE / 2
+    v = verdict(audit)
+    assert v["status"] == "pass" and v["low_columns"] == []
+    [warning] = v["warnings"]
+    assert warning["column"] == "type" and "hold one value" in warning["message"]
+    audit["fidelity"]["distributions"]["type"]["real"] = [0.9, 0.1, 0.0, 0.0]
+    assert verdict(audit)["low_columns"] == ["type"]
+
+
+def test_a_low_column_shape_above_the_floor_is_a_warning():
+    audit = make_audit()
+    audit["fidelity"]["column_shapes"]["month"] = (MIN_COLUMN_SHAPE + WARN_COLUMN_SHAPE) / 2
+    v = verdict(audit)
+    assert v["status"] == "pass" and v["failed_checks"] == []
+    [warning] = v["warnings"]
+    assert (warning["column"], warning["severity"]) == ("month", WARNING)
+    assert "All checks passed (1 warning)" in _box(render_html(audit, title="t"))
+
+
+def test_encoder_notes_fail_the_verdict_and_are_a_section_of_the_local_report():
+    audit = make_audit()
+    audit["encoder_notes"] = {"price": UNDESCRIBED, "name": ALL_OTHER}
+    v = verdict(audit)
+    assert v["status"] == "fail" and v["undescribed_columns"] == ["name", "price"]
+    assert [(c["check"], c["column"], c["message"]) for c in v["failed_checks"]] == [
+        ("undescribed_column", "name", ALL_OTHER),
+        ("undescribed_column", "price", UNDESCRIBED),
+    ]
+    html = render_html(audit, title="t")
+    assert "FAILED CHECKS" in _box(html)
+    section = _section(html, "undescribed")
+    assert "Columns the DP statistics could not describe" in section
+    assert "no bin stands out of the" in section and "found under DP" in section
+    assert "<td>price</td>" in section and "<td>name</td>" in section
+    assert '<td class="value">name, price</td>' in _box(html)
+
+
+def test_without_encoder_notes_the_section_says_so():
+    audit = make_audit()
+    assert "None: the DP statistics described every column." in render_html(audit, title="t")
+    del audit["encoder_notes"]
+    v = verdict(audit)
+    assert any("encoder notes" in name for name in v["not_checked"])
+    section = _section(render_html(audit, title="t"), "undescribed")
+    assert "No &quot;encoder_notes&quot; block" in section
+
+
 # ----------------------------------------------------------------------------------------------
 # The federated report: DP releases, the ledgers, failures; never a merchant's local numbers
 # ----------------------------------------------------------------------------------------------
@@ -378,14 +472,15 @@ def make_federated_report(seed: int = 0) -> dict:
     audit = make_audit(seed)
     columns = ["month", "size", "type", "name", "price", "hour"]
 
-    def scores(keys: list[str], cells: int) -> dict:
+    def scores(keys: list[str], cells: int, low: float) -> dict:
         return {
-            k: {"score": round(float(rng.uniform(0.5, 1)), 4), "reference": 0.9, "cells": cells}
+            k: {"score": round(float(rng.uniform(low, 1)), 4), "reference": 0.9, "cells": cells}
             for k in keys
         }
 
     def block(kind: str, keys: list[str], std: float) -> dict:
-        entries = scores(keys, 24)
+        # The column statistics of a healthy run: scores near their reference.
+        entries = scores(keys, 24, 0.85 if kind == "columns" else 0.5)
         return {
             "kind": kind,
             "label": "computed against a noisy DP release already in the merchants' ledgers",
@@ -424,6 +519,7 @@ def make_federated_report(seed: int = 0) -> dict:
             **{m: {"state": "ok", "local_report": True} for m in audit["ledgers"]},
             "merchant-3": {"state": "failed", "local_report": False},
         },
+        "encoder_notes": {},
     }
 
 
@@ -447,7 +543,7 @@ def test_federated_report_shows_only_dp_sections(federated):
     _, html, _ = federated
     images = _images(html)
     assert sorted(images) == ["dp-pairs", "epsilon-rounds"]
-    for section in ("verdict", "privacy", "dp-fidelity", "merchants", "failures"):
+    for section in ("verdict", "undescribed", "privacy", "dp-fidelity", "merchants", "failures"):
         assert f'id="{section}"' in html, section
     for local_only in ('id="utility"', 'id="attack"', 'id="heuristics"', 'id="fidelity"'):
         assert local_only not in html, local_only
@@ -483,6 +579,48 @@ def test_federated_text_is_escaped():
     report["dp_fidelity"]["releases"]["statistics"]["scores"][evil] = {"score": 0.5}
     html = render_federated_html(report, title=evil)
     assert "<script" not in html.lower() and "&lt;script&gt;" in html
+
+
+def test_federated_column_far_below_its_noise_reference_fails_naming_it():
+    report = make_federated_report()
+    block = report["dp_fidelity"]["releases"]["statistics"]
+    limit = dp_column_limit(cells=24, noise_std=block["noise_std"], total=block["total"])
+    block["scores"]["type"]["score"] = 0.9 - limit - 0.01  # its reference is 0.9
+    v = federated_verdict(report)
+    assert v["low_columns"] == ["type"]
+    [check] = [c for c in v["failed_checks"] if c["check"] == "dp_column_fidelity"]
+    assert check["column"] == "type" and check["severity"] == "fail"
+    assert "'type'" in check["message"] and "noise reference 0.9" in check["message"]
+    assert "column &#x27;type&#x27;" in _box(render_federated_html(report, title="t"))
+    block["scores"]["type"]["score"] = 0.9 - limit + 0.01
+    assert federated_verdict(report)["low_columns"] == []
+
+
+def test_the_dp_column_limit_grows_with_the_noise():
+    # pizzaplace's schema round at epsilon 1 (std 269 per cell, 39,381 rows): 'type', 5 cells.
+    assert dp_column_limit(cells=5, noise_std=269, total=39381) == pytest.approx(0.1136, abs=1e-4)
+    # A noise that drowns the column (oj: std 419 per cell, 765 rows) allows any gap.
+    assert dp_column_limit(cells=3, noise_std=419, total=765) > 0.75
+    report = make_federated_report()
+    block = report["dp_fidelity"]["releases"]["statistics"]
+    block["scores"]["type"]["score"] = 0.5
+    assert federated_verdict(report)["low_columns"] == ["type"]
+    block["noise_std"] = 400.0
+    assert federated_verdict(report)["low_columns"] == []
+
+
+def test_federated_encoder_notes_fail_the_verdict_and_are_a_section():
+    report = make_federated_report()
+    report["encoder_notes"] = {"price": UNDESCRIBED}
+    v = federated_verdict(report)
+    assert [(c["check"], c.get("column")) for c in v["failed_checks"]] == [
+        ("undescribed_column", "price"),
+        ("merchant_failure", None),
+    ]
+    assert v["undescribed_columns"] == ["price"] and v["failed_checks"][0]["message"] == UNDESCRIBED
+    html = render_federated_html(report, title="t")
+    assert "no bin stands out of the" in _section(html, "undescribed")
+    assert '<td class="value">price</td>' in _box(html)
 
 
 # ----------------------------------------------------------------------------------------------

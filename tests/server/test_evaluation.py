@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,21 @@ from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
-from privacy.report import FEDERATED_VIEW, LOCAL_VIEW
+from privacy.noise import SeededNoise
+from privacy.report import FEDERATED_VIEW, LOCAL_VIEW, federated_verdict, render_federated_html
 from privacy.statistics import release_statistics
 from server.app import ARTIFACT, run_federation
 from server.config import FederationConfig
-from server.evaluation import LOCAL_AUDITS, release_fidelity
+from server.evaluation import LOCAL_AUDITS, encoder_notes, federated_report, release_fidelity
 from server.releases import RELEASES, MarginalsRecord, load_releases
 from simulations.cli import main
 from simulations.datasets import load_dataset
-from synth_models.encoder import TableEncoder, statistics_inputs
+from synth_models.encoder import TableEncoder, statistics_inputs, undescribed_note
 from synth_models.federation import AUDIT, DOCUMENT_KEY, LEDGER, METRICS, STATUS, dumps, loads
 from synth_models.marginal_fit import release_marginals
 from synth_models.marginal_model import MarginalModel
 from synth_models.marginals import SELECTION
+from synth_models.synthesizer import TabularSynthesizer
 from tests.server.test_marginal_rounds import InProcessGrid
 
 POISON = "POISON-7f3a"
@@ -65,6 +68,30 @@ def test_fidelity_against_the_releases_reads_only_releases_and_the_sample(pizza)
     assert bad["column_mean"] < good["column_mean"] - 0.1
     assert bad["pair_mean"] < good["pair_mean"] - 0.1
     assert bad["releases"]["statistics"]["scores"]["size"]["score"] < 0.5
+
+
+def test_encoder_notes_name_what_the_statistics_release_could_not_describe(pizza) -> None:
+    """A re-binned encoder (the marginal model's, from a later release) has lost the notes
+    of the encoder the statistics gave: the report's notes come from the release too."""
+    schema = pizza.schema()
+    few = statistics_inputs(pizza.table.sample(40, random_state=0), schema)
+    noisy, _ = release_statistics(
+        few, noise_multiplier=20.0, threshold_delta=1e-6, noise=SeededNoise(0)
+    )
+    drowned = TableEncoder.from_statistics(schema, noisy).notes
+    assert {"price", "items"} <= set(drowned)  # 40 rows under this noise: nothing stands out
+    exact, _ = release_statistics(
+        statistics_inputs(pizza.table.sample(4000, random_state=0), schema),
+        noise_multiplier=0.0,
+        threshold_delta=0.0,
+    )
+    rebinned = TableEncoder.from_statistics(schema, exact)
+    assert rebinned.notes == {}
+    assert encoder_notes(rebinned, noisy) == drowned
+    assert encoder_notes(rebinned, None) == {}
+    # The artifact's own note on a column (its transform's range) is the one reported.
+    rebinned.transforms["price"].note = undescribed_note("price", 9.75, 35.95)
+    assert encoder_notes(rebinned, noisy) == {**drowned, "price": rebinned.notes["price"]}
 
 
 def _poison(msg, context, call_next):
@@ -144,8 +171,16 @@ def test_nothing_of_a_merchants_audit_reply_but_its_state_reaches_the_report(aud
     report = document["audit"]
     assert set(report) == {
         "kind", "labels", "dp_fidelity", "claimed", "ledgers", "verification", "rounds",
-        "failures", "merchants",
+        "failures", "merchants", "encoder_notes",
     }  # fmt: skip
+    # What the DP statistics could not describe: the notes of the encoder built from the
+    # persisted statistics release and the artifact's, in the report.
+    statistics, _ = load_releases(root / "run")
+    encoder = TabularSynthesizer.load(root / "run" / ARTIFACT).encoder_
+    notes = {**TableEncoder.from_statistics(encoder.schema, statistics).notes, **encoder.notes}
+    assert report["encoder_notes"] == notes
+    assert 'id="undescribed"' in html and all(note in html for note in map(escape, notes.values()))
+    assert document["verdict"]["undescribed_columns"] == sorted(notes)
     # The merchants signed their ledgers and the server its checkpoint: the report says so.
     assert report["verification"]["status"] == "verified"
     assert set(report["verification"]["merchants"].values()) == {"verified"}
@@ -213,3 +248,36 @@ def test_fedsynth_audit_recomputes_the_report_and_resume_keeps_the_releases(audi
     assert {p.name: p.read_text() for p in (run_dir / RELEASES).glob("*.json")} == before
     resumed, _ = _report(root)
     assert resumed["audit"]["dp_fidelity"] == first["audit"]["dp_fidelity"]
+
+
+def test_the_artifacts_encoder_notes_reach_the_federated_report(audited, pizza, tmp_path) -> None:
+    """A column the DP statistics could not describe is named in the report and its verdict
+    (the artifact's encoder note: post-processing of the statistics release)."""
+    root, _ = audited
+    synth = TabularSynthesizer.load(root / "run" / ARTIFACT)
+    encoder = TableEncoder.from_dict(synth.encoder_.to_dict())
+    note = undescribed_note("price", 9.75, 35.95)
+    encoder.transforms["price"].note = note
+    noted = TabularSynthesizer.from_fitted(
+        pizza.metadata,
+        model=synth.model,
+        encoder=encoder,
+        weights=synth.model_.state_dict(),
+        ledgers=synth.ledgers_,
+        epsilon=synth.epsilon_spent,
+        model_options=synth.model_options,
+    )
+    artifact = noted.save(tmp_path / "noted")
+    report = federated_report(
+        root / "run", artifact, local_audits={"merchant-0": "ok"}, sample_rows=200, seed=0
+    )
+    # Columns the fixture's statistics (two merchants' rows, real noise) could not describe
+    # were re-binned by the marginal model, note-less: the report names them too.
+    statistics, _ = load_releases(root / "run")
+    drowned = TableEncoder.from_statistics(encoder.schema, statistics).notes
+    assert report["encoder_notes"] == {**drowned, "price": note}
+    checks = federated_verdict(report)["failed_checks"]
+    named = {c["column"]: c["message"] for c in checks if c["check"] == "undescribed_column"}
+    assert named == report["encoder_notes"]
+    section = render_federated_html(report).split('id="undescribed"')[1].split("</section>")[0]
+    assert "<td>price</td>" in section and escape(note) in section

@@ -24,7 +24,7 @@ from privacy.ledger import (
 )
 from privacy.noise import SeededNoise
 from simulations.datasets import load_dataset
-from synth_models.encoder import TableEncoder
+from synth_models.encoder import TableEncoder, grid_for
 from synth_models.federation import MAX_MARGINAL_DOMAIN, dumps
 from synth_models.marginal_fit import choose_tree, fit_marginal_model, release_marginals
 from synth_models.marginal_model import MarginalModel
@@ -439,3 +439,41 @@ def test_rows_outside_an_open_domain_count_as_other() -> None:
     model = MarginalModel(encoder)
     release = release_marginals(b, model=model, ledger=None, phase=SELECTION)
     assert release.tables[0].sum() == len(b)  # exact counts: every row in a cell
+
+
+def test_rebin_keeps_what_the_statistics_said_when_the_atoms_show_nothing() -> None:
+    """An undeclared amount: grid counts that stand out replace its transform (and its note:
+    it is described now); pure noise leaves the statistics' transform and note in place."""
+    from privacy.statistics import NumericInput, release_statistics
+    from synth_models.marginals import rebin_from_atoms
+    from synth_models.schema import TableSchema
+
+    schema = TableSchema.from_metadata(
+        {"tables": {"t": {"columns": {"amount": {"sdtype": "numerical"}}}}}
+    )
+    grid = grid_for(schema["amount"])
+    few = np.random.default_rng(1).lognormal(3, 1, 30)
+    stats, _ = release_statistics(
+        {"amount": NumericInput(few, grid)},
+        noise_multiplier=40.0,
+        threshold_delta=1e-6,
+        noise=SeededNoise(2),
+    )
+    start = TableEncoder.from_statistics(schema, stats)
+    assert "amount" in start.notes  # 30 rows under this noise: nothing stands out
+    rng = np.random.default_rng(3)
+    noise_var = 25.0
+    pure_noise = rng.normal(0, 5.0, grid.num_bins)
+    many = np.bincount(grid.bin_index(rng.lognormal(3, 1, 50_000)), minlength=grid.num_bins)
+    kept = TableEncoder.from_dict(start.to_dict())
+    release = MarginalRelease(cliques=[], tables=[], noise_var=noise_var, atom_tables=[pure_noise])
+    assert rebin_from_atoms(kept, ["amount"], release) == []
+    assert kept.notes == start.notes
+    shown = TableEncoder.from_dict(start.to_dict())
+    release = MarginalRelease(
+        cliques=[], tables=[], noise_var=noise_var, atom_tables=[many + pure_noise]
+    )
+    assert rebin_from_atoms(shown, ["amount"], release) == ["amount"]
+    assert "amount" not in shown.notes
+    t = shown.transforms["amount"]
+    assert t.lows[0] < 20 < 100 < t.highs[-1] < 1e4  # e^3 = 20: the bulk and its tail
