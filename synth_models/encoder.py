@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 # Months from 1970 to 2050: the default, data-independent grid for undeclared datetimes.
 DATETIME_GRID = Grid(kind="uniform", low=0.0, high=2524608000.0, bins=960)
 SPURIOUS_BINS = 0.05  # expected number of pure-noise bins that survive denoising
+# The same for a numeric histogram's outermost stretches, at any distance from the column's
+# values: at 0.05 (4.8 standard deviations over the log grid's 75,000 intervals) about one
+# column in 300 got a noise stretch decades away (a code of 1-41 decoded up to 4e8); 1e-3
+# asks 5.6.
+SPURIOUS_STRETCHES = 1e-3
 # An open categorical column is flagged id-like when this share of its rows is OTHER, or
 # when its name ends like an identifier's ("id", "customer_id", "orderID", "uuid").
 ID_LIKE_OTHER_SHARE = 0.9
@@ -53,6 +58,14 @@ ID_LIKE_NAME = re.compile(r"(?i:(^|[_\-\s.])(id|uuid|guid)$)|[a-z0-9](ID|Id)$|(?
 TAIL_RATES = 1.0 - np.geomspace(1e-3, 1.0, 40)[:-1]
 TAIL_FLOOR = 1e-3
 MIN_TAIL_BINS = 8
+# At most a decade of the log grid (16 bins): past the shown stretches the counts are mostly
+# noise, and a slowly decaying tail fitted to it sent a code of 1-41 to 133 and amounts of
+# 1-10,000 to 457,000.
+MAX_TAIL_BINS = 16
+# A tail is kept only when its fit beats no tail by this many standard deviations of the
+# fit's own noise: a fit that merely beats nothing (half of the time on pure noise) gave
+# hard-edged columns (codes, capped counts) tails past their largest value.
+TAIL_MARGIN = 1.0
 DECIMALS_LEVEL = 0.01  # one-sided level of the decimals test (``_dp_decimals``)
 UNKNOWN_DECIMALS = 2  # decimals of a column whose decimals histogram shows nothing
 # Distance (times n_modes) of an encoded u from its bin's ends: above the float32 resolution
@@ -175,14 +188,16 @@ def numeric_shape(
     shape. The bins are split into stretches of constant height (least squares with a penalty
     per stretch: a stretch is only split off where the noise cannot explain it), so a wide,
     light region (a heavy tail) is found at the resolution its total mass allows and a spike at
-    a single bin; a stretch is kept when its total stands out of its noise (at most about
-    ``SPURIOUS_BINS`` noise-only stretches per histogram), so hundreds of empty bins add no
-    noise mass. Past the outermost kept stretches the tails go on, geometrically decaying from
-    their height at the rate the neighbouring noisy counts fit best (least squares): a tail
-    too light for any stretch to stand out is thinned, not cut off. When nothing stands out,
-    ``described`` is False and one window of bins gets all the mass: the one that best fits
-    ``total`` rows (a DP estimate of the values counted) by least squares, or without it the
-    one whose count stands out most."""
+    a single bin; a stretch is kept when its total stands out of its noise (an outermost one
+    in about ``SPURIOUS_STRETCHES`` noise-only histograms, one between them in about
+    ``SPURIOUS_BINS``), so hundreds of empty bins add no noise mass. Past the outermost kept
+    stretches the tails go on, geometrically decaying from their height at the rate the
+    neighbouring noisy counts fit best (least squares), for at most ``MAX_TAIL_BINS`` and only
+    when that fit stands out of its own noise: a tail too light for any stretch to stand out
+    is thinned, not cut off, and noise past a hard edge is not taken for one. When nothing
+    stands out, ``described`` is False and one window of bins gets all the mass: the one that
+    best fits ``total`` rows (a DP estimate of the values counted) by least squares, or
+    without it the one whose count stands out most."""
     counts = np.asarray(counts, dtype=float)
     if len(counts) == 0:
         return NumericShape(counts.copy(), False)
@@ -193,9 +208,10 @@ def numeric_shape(
         return NumericShape(np.ones_like(counts), False)
     std = math.sqrt(noise_var)
     n = len(counts)
-    # A stretch is an interval of bins chosen from the data: the first must stand out among
-    # all n (n + 1) / 2 intervals; between two such, one among the n bins' worth is enough.
-    outer_cut = norm.isf(SPURIOUS_BINS / (n * (n + 1) / 2))
+    # A stretch is an interval of bins chosen from the data: an outermost one must stand out
+    # among all n (n + 1) / 2 intervals; between two such, one among the n bins' worth is
+    # enough.
+    outer_cut = norm.isf(SPURIOUS_STRETCHES / (n * (n + 1) / 2))
     inner_cut = norm.isf(SPURIOUS_BINS / n)
     cumulative = np.concatenate([[0.0], np.cumsum(counts)])
     stretches = [
@@ -219,9 +235,9 @@ def numeric_shape(
     gaps = np.flatnonzero(masses[first:last] <= 0) + first
     right_run = last - (gaps[-1] + 1 if len(gaps) else first)
     left_run = (gaps[0] if len(gaps) else last) - first
-    right = _geometric_tail(counts[last:], masses[last - 1], max(right_run, MIN_TAIL_BINS))
+    right = _geometric_tail(counts[last:], masses[last - 1], _tail_reach(right_run), std)
     masses[last : last + len(right)] = right
-    left = _geometric_tail(counts[:first][::-1], masses[first], max(left_run, MIN_TAIL_BINS))
+    left = _geometric_tail(counts[:first][::-1], masses[first], _tail_reach(left_run), std)
     masses[first - len(left) : first] = left[::-1]
     return NumericShape(masses, True)
 
@@ -250,11 +266,17 @@ def _constant_stretches(counts: np.ndarray, noise_var: float) -> list[tuple[int,
     return stretches[::-1]
 
 
-def _geometric_tail(outward: np.ndarray, height: float, reach: int) -> np.ndarray:
+def _tail_reach(run: int) -> int:
+    """Bins a tail may cover past a run of ``run`` bins holding mass."""
+    return min(max(run, MIN_TAIL_BINS), MAX_TAIL_BINS)
+
+
+def _geometric_tail(outward: np.ndarray, height: float, reach: int, std: float) -> np.ndarray:
     """Masses of the bins past a shown edge of height ``height`` (``outward``: their noisy
-    counts, nearest first): ``height * rate**k``, the rate that fits them best by least squares
-    (no tail when none fits better than nothing), stopped at ``reach`` bins or a thousandth of
-    the height."""
+    counts, nearest first, each with noise ``std``): ``height * rate**k``, the rate that fits
+    them best by least squares, stopped at ``reach`` bins or a thousandth of the height. No
+    tail when none beats nothing by ``TAIL_MARGIN`` standard deviations of its fit's noise
+    (the gain ``2 y.t - t.t`` of a tail ``t`` has noise ``2 std |t|``)."""
     if height <= 0 or len(outward) == 0:
         return np.zeros(0)
     steps = np.arange(1, min(reach, len(outward)) + 1)
@@ -263,6 +285,7 @@ def _geometric_tail(outward: np.ndarray, height: float, reach: int) -> np.ndarra
         tail = height * rate**steps
         tail = tail[tail >= TAIL_FLOOR * height]
         gain = float(np.sum(2.0 * outward[: len(tail)] * tail - tail**2))
+        gain -= 2.0 * TAIL_MARGIN * std * float(np.sqrt(np.sum(tail**2)))
         if gain > best_gain:
             best, best_gain = tail, gain
     return best
