@@ -167,11 +167,6 @@ def _denoise(counts: np.ndarray, noise_var: float) -> np.ndarray:
     return kept
 
 
-def _denoise_multiresolution(counts: np.ndarray, noise_var: float) -> np.ndarray:
-    """Post-processing for a numeric histogram (its masses; see :func:`numeric_shape`)."""
-    return numeric_shape(counts, noise_var).masses
-
-
 @dataclass(frozen=True)
 class NumericShape:
     """Denoised masses of a numeric histogram's bins; ``described``: False when no stretch of
