@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synth_models.synthesizer import statistics_share_for
 from synth_models.training import TrainingConfig
 from synth_models.warm_start import check_warm_start_share
 
@@ -23,7 +24,7 @@ class FederationConfig:
     local_epochs: int = 2
     epsilon: float = 1.0
     delta: float = 1e-5
-    statistics_share: float = 0.1
+    statistics_share: float = 0.0  # 0: the model's default (synthesizer.STATISTICS_SHARES)
     batch_size: int = 500
     min_steps_per_epoch: int = 80  # smaller merchants train with smaller batches
     max_grad_norm: float = 1.0
@@ -54,6 +55,8 @@ class FederationConfig:
     federation_id: str = ""  # set per run folder (server.app.federation_id); resume keeps it
 
     def __post_init__(self) -> None:
+        share = statistics_share_for(self.model, self.statistics_share)
+        object.__setattr__(self, "statistics_share", share)
         check_warm_start_share(
             self.warm_start_share,
             self.statistics_share,

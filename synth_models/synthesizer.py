@@ -54,6 +54,18 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 STATISTICS_LABEL = "encoder-statistics"
 THRESHOLD_DELTA_SHARE = 0.1  # share of delta for thresholded category discovery
+# Share of epsilon spent on the encoder statistics, by model (0 or None: this default). The
+# marginal model takes 0.3: its undeclared categories are found in these statistics, each
+# merchant on its own rows, and 0.1 lost most labels federated on real tables for little gain
+# elsewhere (BENCHMARKS.md, "Real tables"); the networks keep 0.1 beside their warm start's 0.3.
+STATISTICS_SHARES = {"marginal": 0.3, "gan": 0.1, "vae": 0.1}
+
+
+def statistics_share_for(model: str, share: float | None = None) -> float:
+    """``share``, or the model's default share of epsilon for the encoder statistics."""
+    return share or STATISTICS_SHARES.get(model, 0.1)
+
+
 MAX_PARAMETERS = 50_000_000  # parameters and buffers a loaded artifact's model may declare
 MAX_LAYERS = 64  # entries of a list-valued model option (``hidden``, ``generator_hidden``...)
 
@@ -154,7 +166,7 @@ class TabularSynthesizer:
         model: str = "vae",
         epsilon: float = 1.0,
         delta: float | None = None,
-        statistics_share: float = 0.1,
+        statistics_share: float | None = None,
         training: TrainingConfig | None = None,
         model_options: dict | None = None,
         table_name: str | None = None,
@@ -167,6 +179,7 @@ class TabularSynthesizer:
         replay is no DP."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+        statistics_share = statistics_share_for(model, statistics_share)
         if not 0 < statistics_share < 1:
             raise ValueError("statistics_share must be in (0, 1)")
         training = training or TrainingConfig()

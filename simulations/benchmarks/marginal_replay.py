@@ -36,7 +36,7 @@ from synth_models.synthesizer import build_model, release_encoder_statistics
 
 
 def replay(
-    *, seed: int, merchants: int, epsilon: float, options: dict, statistics_share: float = 0.1
+    *, seed: int, merchants: int, epsilon: float, options: dict, statistics_share: float = 0.3
 ) -> dict:
     """One federation of ``merchants`` (Dirichlet α = 0.5 over ``type``) on pizzaplace's
     80/20 training split; its scores against the training rows."""
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0-5", help="e.g. 0-5 or 0,3,7")
     parser.add_argument("--merchants", type=int, default=5)
     parser.add_argument("--epsilon", type=float, default=1.0)
-    parser.add_argument("--statistics-share", type=float, default=0.1)
+    parser.add_argument("--statistics-share", type=float, default=0.3)
     parser.add_argument("--options", default="{}", help="MarginalModel options, JSON")
     args = parser.parse_args(argv)
     if math.isinf(args.epsilon):

@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gap", action="store_true", help="decompose the gap (in-process)")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3, help="--gap: runs per variant")
-    parser.add_argument("--statistics-share", type=float, default=0.1, help="--gap")
+    parser.add_argument("--statistics-share", type=float, default=0.3, help="--gap")
     parser.add_argument("--options", type=json.loads, default={}, help="--gap: MarginalModel")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/real_tables"))
     parser.add_argument("-v", "--verbose", action="store_true")

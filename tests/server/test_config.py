@@ -8,6 +8,7 @@ import tomllib
 import pytest
 
 from server.config import CLIENT_KEYS, PROJECT_ROOT, FederationConfig
+from synth_models.synthesizer import statistics_share_for
 from synth_models.training import TrainingConfig
 
 
@@ -81,6 +82,9 @@ def test_every_key_of_the_project_run_config_is_accepted():
     for key, value in run_config.items():
         name = key.replace("-", "_")
         if name in (*CLIENT_KEYS, "model_options"):
+            continue
+        if name == "statistics_share" and value == 0:  # 0: the model's own share
+            assert config.statistics_share == statistics_share_for(config.model)
             continue
         assert getattr(config, name) == value, key
 
