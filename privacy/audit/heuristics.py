@@ -44,6 +44,14 @@ def _subsample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator) -> 
     return frame.iloc[np.sort(rng.choice(len(frame), size=n, replace=False))]
 
 
+def _nullable_as_float(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integers (``Int64`` with missing values) as floats: SDMetrics' DCR casts them
+    to ``int`` and fails on the first missing value."""
+    ints = [c for c in frame if isinstance(frame[c].dtype, pd.api.extensions.ExtensionDtype)
+            and frame[c].dtype.kind in "iu"]  # fmt: skip
+    return frame.astype(dict.fromkeys(ints, "float64")) if ints else frame
+
+
 def _plain(value):
     """Floats / dicts of floats from SDMetrics' numpy output (NaN becomes None)."""
     if isinstance(value, dict):
@@ -115,7 +123,9 @@ def heuristics(
             }
         }
     }
-    train, holdout, synth = (f[list(columns)] for f in (train_real, holdout_real, synthetic))
+    train, holdout, synth = (
+        _nullable_as_float(f[list(columns)]) for f in (train_real, holdout_real, synthetic)
+    )
     dcr_synth = _subsample(synth, dcr_synthetic_rows, rng)
     out: dict = {}
     baseline = DCRBaselineProtection.compute_breakdown(
