@@ -5,7 +5,7 @@ alike) sleeps a fixed 3 s between pulls in ``send_and_receive``
 (``flwr/superlink/grid/http_grid.py``), so every message exchange costs a multiple of 3 s
 however fast the merchants answer. ``PromptGrid`` wraps any Grid and pulls with a short,
 growing interval instead (``poll`` doubling up to ``max_poll``): a quick exchange returns in
-tens of milliseconds, a long local training round costs at most one pull a second. An
+tens of milliseconds, a long local training round costs four pulls a second at most. An
 exchange that takes longer than ``PROGRESS_AFTER`` seconds logs how many replies are in, at
 each new one and at least every ``PROGRESS_EVERY`` seconds.
 """
@@ -30,7 +30,7 @@ PROGRESS_EVERY = 30.0  # seconds
 class PromptGrid(Grid):
     """``grid`` with a prompt ``send_and_receive``; everything else is delegated."""
 
-    def __init__(self, grid: Grid, *, poll: float = 0.02, max_poll: float = 1.0) -> None:
+    def __init__(self, grid: Grid, *, poll: float = 0.02, max_poll: float = 0.25) -> None:
         self.grid = grid
         self.poll = poll
         self.max_poll = max_poll
