@@ -56,17 +56,3 @@ def gaussian_noise_multiplier(*, epsilon: float, delta: float, mechanism: str = 
         scratch, target_epsilon=epsilon, sample_rate=1.0, steps=1, label=mechanism,
         mechanism=mechanism,
     )  # fmt: skip
-
-
-def precision_share_noise_multiplier(
-    *, epsilon: float, delta: float, share: float, mechanism: str = GAUSSIAN
-) -> float:
-    """Noise multiplier of a release that takes ``share`` of the *precision* (``1 / sigma^2``,
-    what Gaussian releases add up in RDP / zCDP) of one release costing the whole ``epsilon``.
-    A share of epsilon is far less: epsilon grows about as ``sqrt`` of the precision, so a
-    release costing 10% of epsilon = 1 alone takes about 1.4% of the precision (noise
-    multiplier 34 instead of 13 at delta = 1e-5), and whatever comes after it gets 98.6%."""
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share}")
-    whole = gaussian_noise_multiplier(epsilon=epsilon, delta=delta, mechanism=mechanism)
-    return whole / math.sqrt(share)

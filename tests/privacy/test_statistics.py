@@ -749,29 +749,3 @@ def test_a_release_never_holds_other_and_the_guard_checks_open_columns():
     assert statistics_problems(same_noise, **check) == [
         "statistics of column 'plan': noise differs from the rest of the release"
     ]
-
-
-def test_a_share_of_the_precision_is_far_more_noise_budget_than_a_share_of_epsilon():
-    """What the statistics' share could mean: ``precision_share_noise_multiplier`` takes a
-    share of ``1 / sigma^2``; what a ledger calibrates after it gets the rest."""
-    from privacy.calibration import (
-        calibrate_noise_multiplier,
-        gaussian_noise_multiplier,
-        precision_share_noise_multiplier,
-    )
-    from privacy.ledger import DISCRETE_GAUSSIAN
-
-    args = {"epsilon": 1.0, "delta": 1e-5, "mechanism": DISCRETE_GAUSSIAN}
-    whole = gaussian_noise_multiplier(**args)
-    share = precision_share_noise_multiplier(share=0.1, **args)
-    assert share == pytest.approx(whole / math.sqrt(0.1))
-    as_epsilon = gaussian_noise_multiplier(**{**args, "epsilon": 0.1})
-    assert as_epsilon > 2.5 * share  # 10% of epsilon: about 1.4% of the precision
-    ledger = PrivacyLedger(epsilon_budget=1.0, delta=1e-5)
-    ledger.record(MechanismRecord("statistics", share, 1.0, 1, mechanism=DISCRETE_GAUSSIAN))
-    rest = calibrate_noise_multiplier(
-        ledger, target_epsilon=1.0, sample_rate=1.0, steps=1, mechanism=DISCRETE_GAUSSIAN
-    )
-    assert rest == pytest.approx(whole / math.sqrt(0.9), rel=0.01)
-    with pytest.raises(ValueError):
-        precision_share_noise_multiplier(share=0.0, **args)

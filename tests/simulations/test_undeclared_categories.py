@@ -35,9 +35,9 @@ from synth_models.synthesizer import STATISTICS_LABEL, THRESHOLD_DELTA_SHARE, Ta
 pytestmark = pytest.mark.slow
 
 ROWS, MERCHANTS, EPSILON, DELTA = 8000, 5, 1.0, 1e-5
-# The statistics' epsilon share whose noise (multiplier 12.4) is about what 10% of the budget's
-# *precision* gives (12.9, ``privacy.calibration.precision_share_noise_multiplier``); the
-# default 0.1 of epsilon is 1.4% of the precision (multiplier 34).
+# The marginal model's statistics share (``synth_models.synthesizer.STATISTICS_SHARES``),
+# pinned: noise multiplier 12.4, about what 10% of the budget's precision gives; 0.1 of
+# epsilon is 1.4% of the precision (multiplier 34).
 STATISTICS_SHARE = 0.3
 COLUMNS = ("flag", "plan", "code", "customer_id")
 MARGIN = 4.5  # standard deviations

@@ -38,8 +38,8 @@ pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
 
 ROWS, MERCHANTS, EPSILON, DELTA = 9000, 5, 1.0, 1e-5
-# As in test_undeclared_categories: 0.3 of epsilon for the statistics is about 10% of the
-# budget's precision (the default 0.1 of epsilon is 1.4%, noise nearly three times as large).
+# As in test_undeclared_categories: the marginal model's 0.3 of epsilon for the statistics,
+# pinned (about 10% of the budget's precision; 0.1 of epsilon is 1.4%, nearly 3x the noise).
 STATISTICS_SHARE = 0.3
 COLUMNS = ("amount", "code", "tenure")
 PERCENTILES = (1, 5, 50, 95, 99)
