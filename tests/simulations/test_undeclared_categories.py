@@ -27,10 +27,9 @@ from privacy.statistics import (
     sparse_threshold,
     squared_sensitivity,
 )
-from simulations.datasets import Dataset
-from simulations.runner import SimulationSettings, run_simulation_job
 from synth_models.marginals import MEASUREMENT_LABEL, SELECTION_LABEL
-from synth_models.synthesizer import STATISTICS_LABEL, THRESHOLD_DELTA_SHARE, TabularSynthesizer
+from synth_models.synthesizer import STATISTICS_LABEL, THRESHOLD_DELTA_SHARE
+from tests.simulations.undeclared import run_undeclared
 
 pytestmark = pytest.mark.slow
 
@@ -62,30 +61,20 @@ def undeclared_table(seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     table = undeclared_table()
-    metadata = {
-        "tables": {"accounts": {"columns": {c: {"sdtype": "categorical"} for c in COLUMNS}}},
-        "relationships": [],
-        "METADATA_SPEC_VERSION": "V2",
-    }
-    dataset = Dataset("accounts", table, metadata, "accounts")
     run_dir = tmp_path_factory.mktemp("undeclared")
-    settings = SimulationSettings(
+    summary, synth = run_undeclared(
+        table[list(COLUMNS)],
+        sdtype="categorical",
+        run_dir=run_dir,
         merchants=MERCHANTS,
-        partition="iid",
-        holdout=0.0,  # each merchant's statistics cover exactly its partition file
-        federation={
-            "model": "marginal",
-            "epsilon": EPSILON,
-            "delta": DELTA,
-            "statistics-share": STATISTICS_SHARE,
-            "audit": False,
-        },
+        epsilon=EPSILON,
+        delta=DELTA,
+        statistics_share=STATISTICS_SHARE,
     )
-    summary = run_simulation_job(dataset, settings, run_dir)
     merchants = [pd.read_csv(run_dir / "merchants" / f"merchant-{i}.csv") for i in range(MERCHANTS)]
     return {
         "summary": summary,
-        "synth": TabularSynthesizer.load(run_dir / "synthesizer"),
+        "synth": synth,
         "merchants": merchants,
         "table": table,
         "synthetic": pd.read_csv(run_dir / "synthetic.csv", keep_default_na=False),

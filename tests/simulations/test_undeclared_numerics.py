@@ -28,11 +28,10 @@ import pandas as pd
 import pytest
 
 from privacy.statistics import Grid, squared_sensitivity
-from simulations.datasets import Dataset
-from simulations.runner import SimulationSettings, run_simulation_job
 from synth_models.encoder import MAX_TAIL_BINS
 from synth_models.marginals import MEASUREMENT_LABEL, SELECTION_LABEL
-from synth_models.synthesizer import STATISTICS_LABEL, TabularSynthesizer
+from synth_models.synthesizer import STATISTICS_LABEL
+from tests.simulations.undeclared import run_undeclared
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -77,29 +76,19 @@ def undeclared_table(seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     table = undeclared_table()
-    metadata = {
-        "tables": {"accounts": {"columns": {c: {"sdtype": "numerical"} for c in COLUMNS}}},
-        "relationships": [],
-        "METADATA_SPEC_VERSION": "V2",
-    }
-    dataset = Dataset("accounts", table, metadata, "accounts")
     run_dir = tmp_path_factory.mktemp("undeclared-numerics")
-    settings = SimulationSettings(
+    summary, synth = run_undeclared(
+        table[list(COLUMNS)],
+        sdtype="numerical",
+        run_dir=run_dir,
         merchants=MERCHANTS,
-        partition="iid",
-        holdout=0.0,  # each merchant's statistics cover exactly its partition file
-        federation={
-            "model": "marginal",
-            "epsilon": EPSILON,
-            "delta": DELTA,
-            "statistics-share": STATISTICS_SHARE,
-            "audit": False,
-        },
+        epsilon=EPSILON,
+        delta=DELTA,
+        statistics_share=STATISTICS_SHARE,
     )
-    summary = run_simulation_job(dataset, settings, run_dir)
     return {
         "summary": summary,
-        "synth": TabularSynthesizer.load(run_dir / "synthesizer"),
+        "synth": synth,
         "table": table,
         "synthetic": pd.read_csv(run_dir / "synthetic.csv"),
     }
