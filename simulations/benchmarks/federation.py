@@ -3,7 +3,8 @@
 * ``overhead``: the same DP training run twice, side by side in one process and alternating
   (``--repeats`` times each): (a) federated, ``--merchants`` IID merchants for ``--rounds``
   rounds of ``--local-epochs`` epochs through Flower's simulation engine (the whole
-  ``run_simulation`` call: Ray start-up, schema round, every round's messages, checkpoints;
+  ``flwr run`` on a local simulation SuperLink, ``simulations.engine``: Ray start-up, schema
+  round, every round's messages, checkpoints;
   not the runner's partitioning and audit around it);
   (b) central, the same model on the pooled rows with ``rounds x local-epochs`` epochs, i.e. the
   same total number of DP-SGD steps with the same batch size and epsilon. Reports both wall

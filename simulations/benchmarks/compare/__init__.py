@@ -28,7 +28,8 @@ overfitting protection (heuristics, 40 synthetic rows by default).
 Isolation and cost: each contender fits and samples in a fresh process (``multiprocessing``
 spawn). A failure or a time-out (``--timeout``) is recorded as a failed row with its error and
 the benchmark goes on. Fit wall time is measured around the fit call inside that process (for a
-federation: Flower's whole ``run_simulation``: Ray start-up, schema round, every round);
+federation: Flower's whole simulated run, ``flwr run`` via ``simulations.engine``: Ray start-up,
+schema round, every round);
 sampling and scoring are timed separately. Peak memory is the peak resident set size (RSS) of
 the contender's whole process tree (the process, and for federations Ray's services and
 workers), sampled from ``/proc`` every 0.2 s by the parent; it includes the interpreter and the
