@@ -29,10 +29,11 @@ from simulations.deploy.processes import (
     HOST,
     DeploymentError,
     ProcessGroup,
+    check_completed,
     flower_env,
     free_port,
-    run_status,
     wait_for_port,
+    write_flower_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,7 @@ class LocalSimulation:
                 ],
             )  # fmt: skip
             wait_for_port(self.port, self.startup_timeout, self.processes)
-            flwr_home = self.home / "flwr-home"
-            flwr_home.mkdir(parents=True, exist_ok=True)
-            connection = {"address": f"{HOST}:{self.port}", "insecure": True}
-            (flwr_home / "config.toml").write_text(
-                tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
-            )
+            write_flower_config(self.home / "flwr-home", connection=CONNECTION, port=self.port)
         except BaseException:
             self.processes.stop()
             raise
@@ -174,9 +170,7 @@ class LocalSimulation:
             reader.join(timeout=10)
         if proc.returncode != 0:
             raise SimulationError(f"flwr run exited with {proc.returncode}; see {log}")
-        status, details = run_status(self.processes.env, CONNECTION)
-        if status != "finished:completed":
-            raise SimulationError(f"the run ended {status} ({details}); see {log}")
+        check_completed(self.processes.env, CONNECTION, log, SimulationError)
 
 
 def _relay(proc: subprocess.Popen, log: Path) -> None:

@@ -45,12 +45,13 @@ from simulations.deploy.processes import (
     HOST,
     DeploymentError,
     ProcessGroup,
+    check_completed,
     flower_env,
     free_port,
-    run_status,
     signal_group,
     wait_for_port,
     wait_groups_gone,
+    write_flower_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -154,19 +155,6 @@ def warm_exec_command(runtime_port: int, supernode_pid: int) -> list[str]:
     ]  # fmt: skip
 
 
-def write_flower_config(flwr_home: Path, superlink_port: int, tls: dict[str, Path] | None) -> Path:
-    """``$FLWR_HOME/config.toml`` with one connection, ``CONNECTION``, made the default."""
-    connection: dict[str, object] = {"address": f"{HOST}:{superlink_port}"}
-    if tls is None:
-        connection["insecure"] = True
-    else:
-        connection["root-certificates"] = str(tls["ca"])
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    path = flwr_home / "config.toml"
-    path.write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
-    return path
-
-
 # --- data ------------------------------------------------------------------------------------
 
 
@@ -260,7 +248,7 @@ class LocalFederation:
                 "superlink", superlink_command(self.port, self.tls, database, auth=self.auth)
             )
             wait_for_port(self.port, self.startup_timeout, self.processes)
-            write_flower_config(self.flwr_home, self.port, self.tls)
+            write_flower_config(self.flwr_home, connection=CONNECTION, port=self.port, tls=self.tls)
         except BaseException:
             self.processes.stop()
             raise
@@ -410,10 +398,7 @@ class LocalFederation:
                 signal_group(proc, signal.SIGKILL, "flwr-run")
         if proc.returncode != 0:
             raise DeploymentError(f"flwr run exited with {proc.returncode}; see logs/flwr-run.log")
-        # `flwr run --stream` exits 0 whatever became of the ServerApp: ask the SuperLink.
-        status, details = run_status(self.processes.env, CONNECTION)
-        if status != "finished:completed":
-            raise DeploymentError(f"the run ended {status} ({details}); see logs/flwr-run.log")
+        check_completed(self.processes.env, CONNECTION, self.processes.log_dir / "flwr-run.log")
 
 
 def merchant_config(

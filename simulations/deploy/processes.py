@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import tomli_w
+
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -194,3 +196,28 @@ def run_status(env: dict[str, str], connection: str) -> tuple[str, str]:
         return str(newest["status"]), str(newest["status-details"])
     except (ValueError, KeyError) as exc:
         raise DeploymentError(f"cannot read the run status: {listed.stdout}") from exc
+
+
+def check_completed(
+    env: dict[str, str], connection: str, log: Path, error: type[DeploymentError] = DeploymentError
+) -> None:
+    """Raise ``error`` unless the newest run completed: ``flwr run --stream`` exits 0 whatever
+    became of the ServerApp, so only the SuperLink can say."""
+    status, details = run_status(env, connection)
+    if status != "finished:completed":
+        raise error(f"the run ended {status} ({details}); see {log}")
+
+
+def write_flower_config(
+    flwr_home: Path, *, connection: str, port: int, tls: dict[str, Path] | None = None
+) -> Path:
+    """``$FLWR_HOME/config.toml`` with one connection to 127.0.0.1:``port``, the default."""
+    settings: dict[str, object] = {"address": f"{HOST}:{port}"}
+    if tls is None:
+        settings["insecure"] = True
+    else:
+        settings["root-certificates"] = str(tls["ca"])
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(tomli_w.dumps({"superlink": {"default": connection, connection: settings}}))
+    return path
