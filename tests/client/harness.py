@@ -117,6 +117,18 @@ def pizza_merchant(
     )
     folder.mkdir(parents=True, exist_ok=True)
     data.table.iloc[start : start + rows].to_csv(folder / "merchant-0.csv", index=False)
+    return folder_merchant(folder, schema, policy=policy, node_config=node_config)
+
+
+def folder_merchant(
+    folder: Path,
+    schema,
+    *,
+    policy: MerchantPolicy | None = None,
+    node_config: dict | None = None,
+) -> Merchant:
+    """The real ClientApp (handlers, policy, reply guard) of the simulated merchant 0 whose
+    table is ``folder/merchant-0.csv`` and whose ledger is under ``folder/state``."""
     app = make_client_app(
         data_dir=str(folder), state_dir=str(folder / "state"), policy=policy, lock_timeout=1.0
     )

@@ -7,10 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import Context, RecordDict
 
 import client.guard as guard
-from client.app import make_client_app
 from client.policy import MerchantPolicy
 from privacy.statistics import TableStatistics
 from synth_models.encoder import TableEncoder
@@ -23,7 +21,7 @@ from synth_models.federation import (
 )
 from synth_models.io import metadata_from_dict
 from synth_models.schema import TableSchema
-from tests.client.harness import Merchant, document
+from tests.client.harness import Merchant, document, folder_merchant
 
 POSTCODES = [f"{i:05d}" for i in range(20_000)]
 ROWS = 600
@@ -55,20 +53,7 @@ def postcodes(tmp_path_factory):
     )
     table.to_csv(folder / "merchant-0.csv", index=False)
     schema = TableSchema.from_metadata(_metadata())
-    app = make_client_app(
-        data_dir=str(folder),
-        state_dir=str(folder / "state"),
-        policy=MerchantPolicy(epsilon_budget=10.0),
-        lock_timeout=1.0,
-    )
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 1},
-        state=RecordDict(),
-        run_config={},
-    )
-    merchant = Merchant(app=app, context=context, schema=schema, folder=folder)
+    merchant = folder_merchant(folder, schema, policy=MerchantPolicy(epsilon_budget=10.0))
     reply = merchant.ask(STATISTICS_MESSAGE, merchant.statistics_request())
     assert merchant.status(reply)["state"] == "ok", merchant.status(reply)
     encoder = TableEncoder.from_statistics(

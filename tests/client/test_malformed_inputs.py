@@ -13,16 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import Context, RecordDict
 
-from client.app import make_client_app
 from client.merchant import load_merchant_table
 from simulations.datasets import load_dataset
 from synth_models.federation import STATISTICS_MESSAGE, STATUS
 from synth_models.io import metadata_from_dict
 from synth_models.schema import DataError, TableSchema
 from synth_models.synthesizer import STATISTICS_LABEL
-from tests.client.harness import document, message
+from tests.client.harness import document, folder_merchant, message
 
 
 @pytest.fixture(scope="module")
@@ -106,23 +104,10 @@ def test_every_case_is_parametrized(pizza):
 # -- through the ClientApp: one line naming file, column and problem; nothing spent --------------
 
 
-def _client(folder):
-    """The real ClientApp (handlers, policy, reply guard) over ``folder``, and its context."""
-    app = make_client_app(data_dir=str(folder), state_dir=str(folder / "state"), lock_timeout=1.0)
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 1},
-        state=RecordDict(),
-        run_config={},
-    )
-    return app, context
-
-
 def _statistics_round(folder, schema):
     """The first release a server asks for; returns the reply's status, the merchant's own
     events log (one line per refusal or failure) and the ledger it kept on disk."""
-    app, context = _client(folder)
+    merchant = folder_merchant(folder, schema)
     request = {
         "epsilon": 1.0,
         "delta": 1e-5,
@@ -130,7 +115,7 @@ def _statistics_round(folder, schema):
         "seed": 0,
         "schema": schema.to_dict(),
     }
-    reply = app(message(STATISTICS_MESSAGE, request), context)
+    reply = merchant.app(message(STATISTICS_MESSAGE, request), merchant.context)
     events = folder / "state" / "merchant-0.log"
     state = json.loads((folder / "state" / "merchant-0.json").read_text())
     return (
